@@ -1,0 +1,26 @@
+"""Environments: the :class:`TextEnv` contract, the registry, suites and built-in envs.
+
+Built-in environments are registered here by string entry point, so importing
+``turnrl.envs`` never imports an engine; the engine loads when an env is made.
+"""
+
+from __future__ import annotations
+
+from turnrl.envs.base import TEXT_CHARSET, InvalidAction, TextEnv, sanitize_text
+from turnrl.envs.registry import EnvSpec, list_envs, load_plugins, make, register, spec
+from turnrl.envs.suites import Suite, SuiteEntry, get_suite, list_suites, register_suite
+
+__all__ = [
+    "TEXT_CHARSET", "InvalidAction", "TextEnv", "sanitize_text",
+    "EnvSpec", "list_envs", "load_plugins", "make", "register", "spec",
+    "Suite", "SuiteEntry", "get_suite", "list_suites", "register_suite",
+]
+
+register(
+    "turnrl/TextWorld-v0",
+    "turnrl.envs.textworld.env:TextWorldEnv",
+    description="TextWorld games (tw-simple, coin_collector, treasure_hunter, cooking) "
+    "generated from (challenge, settings, seed), or your own .z8 game",
+)
+
+from turnrl.envs import builtin_suites as _builtin_suites  # noqa: E402,F401  (registers suites)
