@@ -26,6 +26,7 @@ Standard ``info`` keys (absent only where meaningless):
 
 from __future__ import annotations
 
+import copy
 import string
 from typing import Any, ClassVar
 
@@ -166,7 +167,7 @@ class TextEnv(gym.Env[str, str]):
         by default the previous state's keys (admissible actions, expert action, won) carry
         over."""
         keep = ("admissible_actions", "expert_action", "won", "metrics")
-        return {k: self._last_info[k] for k in keep if k in self._last_info}
+        return {k: copy.deepcopy(self._last_info[k]) for k in keep if k in self._last_info}
 
     # ------------------------------------------------------------------ Gymnasium API
     @property

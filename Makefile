@@ -1,0 +1,57 @@
+# turnrl: `make demo` and `make test` do all set-up on a fresh machine.
+# Python >= 3.10 with venv; Debian/Ubuntu for the system packages (bubblewrap).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# CPU build of torch (on these machines a wheel on local disk). A plain `torch`
+# requirement would pull a multi-GB CUDA build, so torch is installed first, pinned.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,train,alfworld,code,docker
+PYTEST_ARGS ?=
+
+.PHONY: help venv system-deps test test-fast demo lint clean
+
+help:
+	@echo "make demo       set up, then evaluate random and expert agents on the TextWorld suite"
+	@echo "make test       set up, then run the whole test suite (slow tests included)"
+	@echo "make test-fast  tests without the slow ones"
+	@echo "make lint       ruff"
+
+# System packages the tests need: bubblewrap (the code sandbox).
+system-deps:
+	@if ! command -v bwrap >/dev/null 2>&1; then \
+	  echo "installing bubblewrap (code sandbox)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap; \
+	fi
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv system-deps
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: venv system-deps
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+demo: venv
+	$(VENV)/bin/turnrl envs
+	@echo
+	@echo "== random agent on the TextWorld suite (10 games per challenge)"
+	$(VENV)/bin/turnrl eval textworld --agent random --episodes 10
+	@echo
+	@echo "== expert agent on the same games"
+	$(VENV)/bin/turnrl eval textworld --agent expert --episodes 10
+
+lint: venv
+	$(VENV)/bin/ruff check turnrl tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,226 @@
+"""The ``turnrl`` command line.
+
+    turnrl envs                               list environments and suites
+    turnrl play turnrl/TextWorld-v0 --seed 3  play an environment yourself
+    turnrl eval textworld --agent expert      success rates with 95% intervals
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from turnrl.errors import ConfigError, TurnRLError
+
+__all__ = ["main"]
+
+
+def _parse_env_args(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["level=3", "settings={goal: brief}"]`` -> ``{"level": 3, "settings": {...}}``.
+    Values are read as YAML, so numbers, booleans, lists and mappings work."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--env-arg takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--env-arg {key}: cannot read value {value!r}: {exc}") from None
+    return out
+
+
+# ---------------------------------------------------------------------------- envs
+def cmd_envs(args: argparse.Namespace) -> int:
+    from turnrl.envs import list_envs, list_suites
+
+    envs = list_envs()
+    suites = list_suites()
+    if args.json:
+        print(json.dumps({
+            "envs": [{"id": s.id, "description": s.description} for s in envs],
+            "suites": [{"name": s.name, "description": s.description,
+                        "entries": [e.name for e in s.entries]} for s in suites],
+        }, indent=2))
+        return 0
+    width = max(len(s.id) for s in envs) if envs else 10
+    print("Environments:")
+    for s in envs:
+        print(f"  {s.id:<{width}}  {s.description}")
+    if suites:
+        print("\nSuites (use with `turnrl eval SUITE`):")
+        w = max(len(s.name) for s in suites)
+        for suite in suites:
+            print(f"  {suite.name:<{w}}  {suite.description}")
+            print(f"  {'':<{w}}  entries: {', '.join(e.name for e in suite.entries)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- play
+_PLAY_HELP = """Type a command and press Enter. Special commands:
+  /actions   list admissible commands     /hint   show the expert's next command
+  /reset     start a new episode          /quit   leave (Ctrl-D works too)"""
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    from turnrl.envs import make
+
+    env = make(args.env_id, **_parse_env_args(args.env_arg))
+    seed = args.seed
+    try:
+        obs, info = env.reset(seed=seed)
+        print(f"== {args.env_id}  seed {seed}  (type /help for help)\n")
+        print(obs)
+        total = 0.0
+        while True:
+            try:
+                line = input("\n> ")
+            except EOFError:
+                print()
+                break
+            command = line.strip()
+            if command in ("/quit", "/exit"):
+                break
+            if command == "/help":
+                print(_PLAY_HELP)
+                continue
+            if command == "/actions":
+                actions = info.get("admissible_actions")
+                print("\n".join(actions) if actions else "(this env lists no admissible actions)")
+                continue
+            if command == "/hint":
+                print(info.get("expert_action") or "(no expert action available)")
+                continue
+            if command == "/reset":
+                seed = seed + 1 if seed is not None else None
+                obs, info = env.reset(seed=seed)
+                total = 0.0
+                print(f"\n== new episode, seed {seed}\n\n{obs}")
+                continue
+            obs, reward, terminated, truncated, info = env.step(line)
+            total += reward
+            print(obs)
+            if reward:
+                print(f"[reward {reward:+g}, return {total:g}]")
+            if info.get("invalid_action"):
+                print("[invalid action]")
+            if terminated or truncated:
+                outcome = "won" if info.get("won") else ("out of turns" if truncated else "over")
+                print(f"\n== episode {outcome}: return {total:g} in {info.get('turn')} turns")
+                break
+    finally:
+        env.close()
+    return 0
+
+
+# ---------------------------------------------------------------------------- eval
+def _format_table(results: Sequence[Any]) -> str:
+    header = ["env", "episodes", "success", "95% CI", "return", "turns", "invalid"]
+    rows = []
+    for r in results:
+        low, high = r.success_ci95
+        rows.append([
+            r.env, str(r.episodes), f"{r.success_rate:.1%}", f"[{low:.1%}, {high:.1%}]",
+            f"{r.mean_return:.2f}", f"{r.mean_turns:.1f}", f"{r.invalid_rate:.1%}",
+        ])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(  # noqa: E731
+        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    )
+    out = [line(header), line(["-" * w for w in widths])]
+    out += [line(row) for row in rows]
+    return "\n".join(out)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from turnrl.agents import make_agent
+    from turnrl.evaluate import evaluate, resolve_target
+    from turnrl.trajectory import save_jsonl
+
+    env_kwargs = _parse_env_args(args.env_arg)
+    pairs = resolve_target(args.target, episodes=args.episodes, seed=args.seed, env_kwargs=env_kwargs)
+    agent_kwargs: dict[str, Any] = {"seed": args.seed} if args.agent == "random" else {}
+    agent = make_agent(args.agent, **agent_kwargs)
+    total = sum(len(seeds) for _, seeds in pairs)
+    with tqdm(total=total, desc=f"eval {args.agent} on {args.target}", unit="ep",
+              file=sys.stderr, disable=args.quiet) as bar:
+        results = evaluate(
+            args.target, agent, episodes=args.episodes, seed=args.seed, num_envs=args.num_envs,
+            env_kwargs=env_kwargs or None, on_episode_end=lambda _t: bar.update(1),
+        )
+    print(_format_table(results))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump([r.to_dict() for r in results], f, indent=2)
+            f.write("\n")
+        print(f"\nwrote {args.json}", file=sys.stderr)
+    if args.save_trajectories:
+        save_jsonl((t for r in results for t in r.trajectories), args.save_trajectories)
+        print(f"wrote {args.save_trajectories}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    from turnrl import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="turnrl",
+        description="Train and evaluate LLM agents on multi-turn text and code environments.",
+    )
+    parser.add_argument("--version", action="version", version=f"turnrl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("envs", help="list registered environments and suites")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_envs)
+
+    p = sub.add_parser("play", help="play an environment in the terminal")
+    p.add_argument("env_id", help="environment id, e.g. turnrl/TextWorld-v0")
+    p.add_argument("--seed", type=int, default=0, help="reset seed (picks the game)")
+    p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword for the env (repeatable; values read as YAML)")
+    p.set_defaults(func=cmd_play)
+
+    p = sub.add_parser("eval", help="evaluate an agent's success rate on an env or suite")
+    p.add_argument("target", help="environment id or suite name (see `turnrl envs`)")
+    p.add_argument("--agent", default="random", help="agent: random | expert")
+    p.add_argument("--episodes", type=int, default=None,
+                   help="episodes per env (suite default: all eval seeds; env default: 10)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="first reset seed for an env id; seeds the agent too")
+    p.add_argument("--num-envs", type=int, default=8, help="environments in flight at once")
+    p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword for the env (env ids only; repeatable; values read as YAML)")
+    p.add_argument("--json", metavar="FILE", help="write results as JSON")
+    p.add_argument("--save-trajectories", metavar="FILE", help="write episodes as JSONL")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except TurnRLError as exc:
+        print(f"turnrl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
