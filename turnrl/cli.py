@@ -130,7 +130,7 @@ def _format_table(results: Sequence[Any]) -> str:
         ])
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(  # noqa: E731
-        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
     )
     out = [line(header), line(["-" * w for w in widths])]
     out += [line(row) for row in rows]

@@ -14,7 +14,7 @@ from typing import Any
 
 from turnrl.agents.base import Agent
 from turnrl.envs import registry
-from turnrl.envs.suites import SuiteEntry, _SUITES, get_suite
+from turnrl.envs.suites import _SUITES, SuiteEntry, get_suite
 from turnrl.errors import ConfigError, UnknownEnvError, did_you_mean
 from turnrl.rollout import collect
 from turnrl.trajectory import Trajectory

@@ -91,7 +91,7 @@ def collect(
                 raise RuntimeError(
                     f"agent returned {len(actions)} actions for {len(waiting)} conversations"
                 )
-            for slot, action in zip(waiting, actions):
+            for slot, action in zip(waiting, actions, strict=True):
                 state = slots[slot]
                 traj: Trajectory = state["traj"]
                 obs, reward, terminated, truncated, info = envs[slot].step(action.text)

@@ -1,0 +1,71 @@
+"""The CLI, run as a user runs it: a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def turnrl(*args, stdin=None, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "turnrl.cli", *args], input=stdin, capture_output=True,
+        text=True, timeout=timeout, env={**os.environ},
+    )
+
+
+def test_envs_lists_ids_and_suites():
+    out = turnrl("envs")
+    assert out.returncode == 0, out.stderr
+    assert "turnrl/TextWorld-v0" in out.stdout and "textworld" in out.stdout
+    data = json.loads(turnrl("envs", "--json").stdout)
+    assert any(e["id"] == "turnrl/TextWorld-v0" and e["description"] for e in data["envs"])
+
+
+def test_eval_expert_json(tmp_path):
+    path = tmp_path / "res.json"
+    out = turnrl("eval", "turnrl/TextWorld-v0", "--agent", "expert", "--episodes", "3",
+                 "--env-arg", "challenge=tw-coin_collector", "--json", str(path))
+    assert out.returncode == 0, out.stderr
+    assert "success" in out.stdout and "95% CI" in out.stdout
+    data = json.loads(path.read_text())
+    assert isinstance(data, list) and len(data) == 1
+    row = data[0]
+    assert set(row) == {"env", "episodes", "success_rate", "success_ci95", "mean_return",
+                        "mean_turns", "invalid_rate"}
+    assert row["env"] == "turnrl/TextWorld-v0" and row["episodes"] == 3
+    assert row["success_rate"] == 1.0 and row["invalid_rate"] == 0.0
+    low, high = row["success_ci95"]
+    assert 0.0 < low < 1.0 and high == pytest.approx(1.0)
+    assert row["mean_turns"] >= 1
+
+
+def test_eval_random_suite_subset(tmp_path):
+    path = tmp_path / "res.json"
+    out = turnrl("eval", "textworld", "--agent", "random", "--episodes", "2", "--json", str(path))
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(path.read_text())
+    assert [r["env"] for r in rows] == [
+        "tw-simple", "tw-coin_collector", "tw-treasure_hunter", "tw-cooking"]
+    assert all(r["episodes"] == 2 for r in rows)
+
+
+def test_unknown_target_is_a_clean_error():
+    out = turnrl("eval", "turnrl/TextWorlds-v0", "--agent", "expert")
+    assert out.returncode == 2
+    assert "turnrl/TextWorld-v0" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unknown_agent_is_a_clean_error():
+    out = turnrl("eval", "turnrl/TextWorld-v0", "--agent", "exprt", "--episodes", "1")
+    assert out.returncode == 2 and "expert" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_play_session_through_stdin():
+    script = "/hint\n/actions\ngo north\n/quit\n"
+    out = turnrl("play", "turnrl/TextWorld-v0", "--seed", "1",
+                 "--env-arg", "challenge=tw-coin_collector", stdin=script)
+    assert out.returncode == 0, out.stderr
+    assert "-= " in out.stdout  # a room header from the game
+    assert "inventory" in out.stdout  # /actions listed admissible commands
