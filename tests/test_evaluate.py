@@ -100,3 +100,23 @@ def test_trajectory_jsonl_round_trip(tmp_path):
     assert [t.to_dict() for t in back] == [t.to_dict() for t in trajs]
     assert isinstance(back[0], Trajectory)
     assert EnvResult.from_trajectories("g", back).episodes == 2
+
+
+class Flaky(GuessNumber):
+    """Raises on seed 2 at the first step, like an engine that crashed."""
+
+    def _step_action(self, command):
+        if self.episode_seed == 2:
+            raise OSError("engine died")
+        return super()._step_action(command)
+
+
+def test_crashed_env_marks_episode_and_continues():
+    with pytest.warns(RuntimeWarning, match="engine died"):
+        trajs = collect(lambda: Flaky(), ExpertAgent(), [1, 2, 3], num_envs=2)
+    assert [t.seed for t in trajs] == [1, 2, 3]
+    assert trajs[1].failed.startswith("step 0: OSError") and not trajs[1].won
+    assert trajs[0].won and trajs[2].won
+    assert EnvResult.from_trajectories("f", trajs).failed == 1
+    with pytest.raises(OSError):
+        collect(lambda: Flaky(), ExpertAgent(), [2], on_error="raise")

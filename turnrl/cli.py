@@ -156,6 +156,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             env_kwargs=env_kwargs or None, on_episode_end=lambda _t: bar.update(1),
         )
     print(_format_table(results))
+    for r in results:
+        if r.failed:
+            print(f"note: {r.failed} of {r.episodes} episodes of {r.env} crashed and count as "
+                  "failures (see the warnings above)", file=sys.stderr)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump([r.to_dict() for r in results], f, indent=2)

@@ -7,6 +7,8 @@ Finished envs take the next seed from the queue until every seed has been played
 
 from __future__ import annotations
 
+import traceback
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,6 +40,7 @@ def collect(
     num_envs: int = 8,
     group_size: int = 1,
     on_episode_end: Callable[[Trajectory], Any] | None = None,
+    on_error: str = "mark",
 ) -> list[Trajectory]:
     """Play one episode per seed (``group_size`` per seed for grouped estimators).
 
@@ -49,6 +52,9 @@ def collect(
         num_envs: environments in flight at once.
         group_size: episodes per seed (RLOO/GRPO groups); group index is recorded.
         on_episode_end: called with each finished trajectory (progress bars, logging).
+        on_error: when an env raises in reset or step: ``"mark"`` records the episode
+            with ``failed`` set (it counts as not won), warns, replaces the env and goes
+            on; ``"raise"`` re-raises.
 
     Returns:
         Trajectories ordered by (seed position, group member).
@@ -57,26 +63,56 @@ def collect(
         raise ConfigError(f"num_envs must be >= 1, got {num_envs}")
     if group_size < 1:
         raise ConfigError(f"group_size must be >= 1, got {group_size}")
+    if on_error not in ("mark", "raise"):
+        raise ConfigError(f"on_error must be 'mark' or 'raise', got {on_error!r}")
     queue = deque((i, g, int(s)) for i, s in enumerate(seeds) for g in range(group_size))
     n_envs = min(num_envs, len(queue))
     envs = [make_env() for _ in range(n_envs)]
     slots: list[dict[str, Any] | None] = [None] * n_envs
     results: dict[tuple[int, int], Trajectory] = {}
 
-    def start(slot: int) -> None:
-        if not queue:
-            slots[slot] = None
-            return
-        index, member, seed = queue.popleft()
-        env = envs[slot]
-        obs, info = env.reset(seed=seed)
-        instructions = getattr(env.unwrapped, "instructions", "")
-        traj = Trajectory(
-            env_id=env_id, seed=seed, task=str(info.get("task", "")),
-            messages=first_messages(instructions, obs), reset_info=info,
-            group=index if group_size > 1 else None,
+    def finish(slot: int, traj: Trajectory) -> None:
+        results[slots[slot]["key"]] = traj
+        if on_episode_end is not None:
+            on_episode_end(traj)
+
+    def crashed(slot: int, traj: Trajectory, exc: BaseException, where: str) -> None:
+        """An env raised: mark the episode, replace the env, go on (or re-raise)."""
+        if on_error == "raise":
+            raise exc
+        traj.failed = f"{where}: {type(exc).__name__}: {exc}"
+        warnings.warn(
+            f"episode {traj.env_id or 'env'} seed {traj.seed} failed and is counted as "
+            f"failed ({traj.failed}); the env was replaced\n"
+            + "".join(traceback.format_exception(exc)[-3:]),
+            RuntimeWarning, stacklevel=3,
         )
-        slots[slot] = {"key": (index, member), "traj": traj, "info": info}
+        try:
+            envs[slot].close()
+        except Exception:  # the env is already broken; closing is best effort
+            pass
+        envs[slot] = make_env()
+        finish(slot, traj)
+
+    def start(slot: int) -> None:
+        while queue:
+            index, member, seed = queue.popleft()
+            env = envs[slot]
+            slots[slot] = {"key": (index, member), "info": {}}
+            traj = Trajectory(env_id=env_id, seed=seed, task="",
+                              group=index if group_size > 1 else None)
+            try:
+                obs, info = env.reset(seed=seed)
+            except Exception as exc:
+                crashed(slot, traj, exc, "reset")
+                continue
+            instructions = getattr(env.unwrapped, "instructions", "")
+            traj.task = str(info.get("task", ""))
+            traj.messages = first_messages(instructions, obs)
+            traj.reset_info = info
+            slots[slot] = {"key": (index, member), "traj": traj, "info": info}
+            return
+        slots[slot] = None
 
     try:
         for slot in range(n_envs):
@@ -94,7 +130,12 @@ def collect(
             for slot, action in zip(waiting, actions, strict=True):
                 state = slots[slot]
                 traj: Trajectory = state["traj"]
-                obs, reward, terminated, truncated, info = envs[slot].step(action.text)
+                try:
+                    obs, reward, terminated, truncated, info = envs[slot].step(action.text)
+                except Exception as exc:
+                    crashed(slot, traj, exc, f"step {traj.num_turns}")
+                    start(slot)
+                    continue
                 traj.messages.append({"role": "assistant", "content": action.text})
                 traj.messages.append({"role": info.get("obs_role", "user"), "content": obs})
                 traj.turns.append(Turn(
@@ -104,9 +145,7 @@ def collect(
                 ))
                 state["info"] = info
                 if terminated or truncated:
-                    results[state["key"]] = traj
-                    if on_episode_end is not None:
-                        on_episode_end(traj)
+                    finish(slot, traj)
                     start(slot)
     finally:
         for env in envs:
