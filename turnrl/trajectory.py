@@ -12,12 +12,15 @@ Everything here is plain Python (no torch), and round-trips through JSON.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
-__all__ = ["Message", "Turn", "Trajectory", "save_jsonl", "load_jsonl"]
+__all__ = [
+    "Message", "Turn", "Trajectory", "Sample", "ContextMode", "parse_context", "context_ids",
+    "build_samples", "save_jsonl", "load_jsonl",
+]
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -55,6 +58,9 @@ class Turn:
         info: the env's info dict after the step.
         token_ids: ids the policy sampled for ``action`` (trainable policies only).
         logprobs: the sampling logprob of each id in ``token_ids``.
+        obs_token_ids: ids that follow the action in the conversation: the end of the
+            assistant turn, the observation message and the next assistant header
+            (token-level rollouts only; see :mod:`turnrl.agents.prompting`).
     """
 
     action: str
@@ -65,6 +71,7 @@ class Turn:
     info: dict[str, Any] = field(default_factory=dict)
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None
+    obs_token_ids: list[int] | None = None
 
     @property
     def invalid(self) -> bool:
@@ -86,6 +93,8 @@ class Trajectory:
         group: index of the (env, seed) group for grouped rollouts (RLOO, GRPO).
         failed: set when the episode could not run to the end (e.g. a crashed worker);
             such episodes are reported, never silently dropped.
+        prompt_token_ids: ids of the opening messages and the first assistant header
+            (token-level rollouts only).
     """
 
     env_id: str
@@ -96,6 +105,7 @@ class Trajectory:
     reset_info: dict[str, Any] = field(default_factory=dict)
     group: int | None = None
     failed: str | None = None
+    prompt_token_ids: list[int] | None = None
 
     # --- summary ----------------------------------------------------------------
     @property
@@ -169,3 +179,139 @@ def load_jsonl(path: str | Path) -> Iterator[Trajectory]:
         for line in f:
             if line.strip():
                 yield Trajectory.from_dict(json.loads(line))
+
+
+# ================================================================== token-level samples
+@dataclass(frozen=True)
+class ContextMode:
+    """What the policy sees at each turn.
+
+    ``full``: the whole conversation so far (one :class:`Sample` per episode).
+    ``window``: the opening messages plus the last ``k`` exchanges (one Sample per turn).
+    """
+
+    kind: Literal["full", "window"] = "full"
+    k: int = 0
+
+    def __str__(self) -> str:
+        return "full" if self.kind == "full" else f"window({self.k})"
+
+
+def parse_context(spec: str | ContextMode) -> ContextMode:
+    """``"full"`` or ``"window(K)"`` (K >= 0 exchanges kept) -> :class:`ContextMode`."""
+    if isinstance(spec, ContextMode):
+        return spec
+    text = str(spec).strip().lower().replace(" ", "")
+    if text == "full":
+        return ContextMode("full")
+    if text.startswith("window(") and text.endswith(")") and text[7:-1].isdigit():
+        return ContextMode("window", int(text[7:-1]))
+    raise ValueError(f"context must be 'full' or 'window(K)' with an integer K >= 0, got {spec!r}")
+
+
+def _require_tokens(traj: Trajectory, upto: int) -> None:
+    if traj.prompt_token_ids is None:
+        raise ValueError(
+            "trajectory has no token ids: it was not collected by a token-level policy "
+            "(e.g. HFPolicy through turnrl.rollout.collect)"
+        )
+    for t in range(upto):
+        turn = traj.turns[t]
+        if turn.token_ids is None or turn.obs_token_ids is None:
+            raise ValueError(f"turn {t} of the trajectory has no token ids")
+
+
+def context_ids(traj: Trajectory, turn: int, mode: ContextMode) -> list[int]:
+    """Token ids the policy sees before acting at ``turn`` (0-based).
+
+    The rollout generates from exactly these ids and :func:`build_samples` trains on
+    exactly these ids, so what is trained is what was sampled from.
+    """
+    _require_tokens(traj, turn)
+    ids = list(traj.prompt_token_ids or [])
+    first = 0 if mode.kind == "full" else max(0, turn - mode.k)
+    for t in range(first, turn):
+        ids += traj.turns[t].token_ids or []
+        ids += traj.turns[t].obs_token_ids or []
+    return ids
+
+
+@dataclass
+class Sample:
+    """One training sequence. All per-token lists have the same length.
+
+    Attributes:
+        input_ids: prompt, then for each turn the policy's sampled ids followed by the
+            ids of the next observation message.
+        loss_mask: 1 exactly on ids the policy sampled for a trained turn, else 0.
+        turn_index: the trajectory turn each trained id belongs to; -1 elsewhere.
+        rollout_logprobs: sampling logprob of each trained id; 0.0 elsewhere.
+        value_turns: turns ``t`` whose state value V(s_t) is read in this sample
+            (``t == num_turns`` is the state after the last action, for bootstrapping).
+        value_positions: for each entry of ``value_turns``, the index of the last token
+            before that turn's action (for ``num_turns``: the last token).
+        trajectory: index of the source trajectory in the list given to build_samples.
+        env_id: the trajectory's env id (for per-env metrics).
+    """
+
+    input_ids: list[int]
+    loss_mask: list[int]
+    turn_index: list[int]
+    rollout_logprobs: list[float]
+    value_turns: list[int]
+    value_positions: list[int]
+    trajectory: int
+    env_id: str = ""
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def _sample_for_turns(traj: Trajectory, index: int, mode: ContextMode, turns: range) -> Sample:
+    """A sample whose context is ``context_ids(turns.start)`` and which trains ``turns``."""
+    ids = context_ids(traj, turns.start, mode)
+    n = len(ids)
+    mask, turn_index, logps = [0] * n, [-1] * n, [0.0] * n
+    value_turns, value_positions = [], []
+    for t in turns:
+        turn = traj.turns[t]
+        value_turns.append(t)
+        value_positions.append(len(ids) - 1)
+        action = turn.token_ids or []
+        ids += action
+        mask += [1] * len(action)
+        turn_index += [t] * len(action)
+        lp = turn.logprobs if turn.logprobs is not None else [0.0] * len(action)
+        if len(lp) != len(action):
+            raise ValueError(f"turn {t}: {len(action)} token ids but {len(lp)} logprobs")
+        logps += list(lp)
+        obs = turn.obs_token_ids or []
+        ids += obs
+        mask += [0] * len(obs)
+        turn_index += [-1] * len(obs)
+        logps += [0.0] * len(obs)
+    value_turns.append(turns.stop)
+    value_positions.append(len(ids) - 1)
+    return Sample(ids, mask, turn_index, logps, value_turns, value_positions, index, traj.env_id)
+
+
+def build_samples(trajectories: Sequence[Trajectory], context: str | ContextMode = "full") -> list[Sample]:
+    """Training samples from token-level trajectories, without re-tokenizing anything.
+
+    ``full``: one sample per episode holding every turn. ``window(k)``: one sample per
+    turn, its context the opening messages plus the last ``k`` exchanges -- the same ids
+    the policy generated from. Episodes with no turns or marked ``failed`` are skipped.
+    """
+    mode = parse_context(context)
+    samples = []
+    for index, traj in enumerate(trajectories):
+        if not traj.turns or traj.failed:
+            continue
+        _require_tokens(traj, traj.num_turns)
+        if mode.kind == "full":
+            samples.append(_sample_for_turns(traj, index, mode, range(0, traj.num_turns)))
+        else:
+            samples.extend(
+                _sample_for_turns(traj, index, mode, range(t, t + 1)) for t in range(traj.num_turns)
+            )
+    return samples

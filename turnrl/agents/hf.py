@@ -1,0 +1,207 @@
+"""Hugging Face transformers policy: batched sampling that returns token ids and logprobs.
+
+:class:`HFPolicy` samples with a KV cache over a left-padded batch. The logprob of each
+sampled token is ``log_softmax(logits / temperature)`` -- the distribution the trainer
+evaluates -- so importance ratios start at 1. ``top_p`` narrows what is sampled, not the
+reported logprob.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from turnrl.agents.base import Action
+from turnrl.agents.prompting import ChatRenderer
+from turnrl.errors import ConfigError
+from turnrl.trajectory import Message
+
+__all__ = ["HFPolicy", "load_model_and_tokenizer"]
+
+
+def load_model_and_tokenizer(
+    name_or_path: str, *, device: str | None = None, dtype: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer from a Hugging Face id or a local directory.
+
+    ``dtype`` defaults to bfloat16 on CUDA and float32 on CPU.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    else:
+        try:
+            torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                           "float16": torch.float16}[dtype]
+        except KeyError:
+            raise ConfigError(
+                f"dtype must be float32, bfloat16 or float16, got {dtype!r}") from None
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+    ).to(device)
+    return model, tokenizer
+
+
+class HFPolicy:
+    """A trainable policy backed by a transformers causal LM.
+
+    Args:
+        model: a Hugging Face id, a local directory, or a loaded model.
+        tokenizer: needed when ``model`` is a loaded model.
+        temperature: sampling temperature (> 0); the trainer uses the same one.
+        top_p: nucleus sampling threshold in (0, 1].
+        max_new_tokens: reply budget; a reply cut by it has no end-of-turn token.
+        stop: strings that end a reply (the tokens that produced them are kept).
+        max_batch_size: prompts per forward pass; larger batches are split.
+        device: ``"cpu"``, ``"cuda"``, ... (default: CUDA if available).
+        seed: seeds the sampler.
+
+    Example:
+        >>> policy = HFPolicy("/tmp/tiny", max_new_tokens=16)
+        >>> actions = policy.act([[{"role": "user", "content": "Hello"}]])
+        >>> actions[0].text, actions[0].token_ids, actions[0].logprobs
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
+        stop: Sequence[str] = (),
+        max_batch_size: int = 64,
+        device: str | None = None,
+        dtype: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        import torch
+
+        errors = []
+        if not temperature > 0:
+            errors.append(f"temperature must be > 0, got {temperature!r}")
+        if not 0 < top_p <= 1:
+            errors.append(f"top_p must be in (0, 1], got {top_p!r}")
+        if max_new_tokens < 1:
+            errors.append(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
+        if max_batch_size < 1:
+            errors.append(f"max_batch_size must be >= 1, got {max_batch_size!r}")
+        if errors:
+            raise ConfigError("; ".join(errors))
+        if isinstance(model, str):
+            model, tokenizer = load_model_and_tokenizer(model, device=device, dtype=dtype)
+        elif tokenizer is None:
+            raise ConfigError("pass tokenizer= together with a loaded model")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.renderer = ChatRenderer(tokenizer)
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.max_new_tokens = int(max_new_tokens)
+        self.stop = tuple(stop)
+        self.max_batch_size = int(max_batch_size)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.device = next(model.parameters()).device
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(0 if seed is None else int(seed))
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+
+    # ------------------------------------------------------------------ Agent API
+    def act(
+        self,
+        conversations: Sequence[list[Message]],
+        infos: Sequence[dict[str, Any]] | None = None,
+    ) -> list[Action]:
+        """Render each conversation with the chat template and sample a reply."""
+        prompts = [self.renderer.prompt_ids(conv) for conv in conversations]
+        return self.generate(prompts)
+
+    # ------------------------------------------------------------------ sampling
+    def generate(self, prompts: Sequence[Sequence[int]], *, greedy: bool = False) -> list[Action]:
+        """Sample one reply per prompt (token ids in, :class:`Action` with ids out)."""
+        actions: list[Action] = []
+        for start in range(0, len(prompts), self.max_batch_size):
+            actions.extend(self._generate_batch(prompts[start:start + self.max_batch_size], greedy))
+        return actions
+
+    def _generate_batch(self, prompts: Sequence[Sequence[int]], greedy: bool) -> list[Action]:
+        import torch
+        from transformers import DynamicCache
+
+        if not prompts:
+            return []
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("empty prompt")
+        batch, width = len(prompts), max(len(p) for p in prompts)
+        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((batch, width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):  # left padding
+            input_ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+            attention[row, width - len(prompt):] = 1
+        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        eos = torch.tensor(sorted(self.renderer.eos_ids), device=self.device)
+        sampled = [[] for _ in range(batch)]
+        logprobs = [[] for _ in range(batch)]
+        finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        cache = DynamicCache()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                out = self.model(input_ids=input_ids, attention_mask=attention,
+                                 position_ids=positions, past_key_values=cache, use_cache=True)
+                for _ in range(self.max_new_tokens):
+                    logits = out.logits[:, -1, :].float() / self.temperature
+                    logp = torch.log_softmax(logits, dim=-1)
+                    token = logits.argmax(-1) if greedy else self._sample(logp)
+                    token_logp = logp.gather(-1, token[:, None]).squeeze(-1)
+                    for row in (~finished).nonzero().flatten().tolist():
+                        sampled[row].append(int(token[row]))
+                        logprobs[row].append(float(token_logp[row]))
+                    finished |= torch.isin(token, eos)
+                    if self.stop:
+                        finished |= self._hit_stop(sampled, finished)
+                    if bool(finished.all()):
+                        break
+                    attention = torch.cat([attention, attention.new_ones((batch, 1))], dim=-1)
+                    positions = positions[:, -1:] + 1
+                    out = self.model(input_ids=token[:, None], attention_mask=attention,
+                                     position_ids=positions, past_key_values=cache, use_cache=True)
+        finally:
+            self.model.train(was_training)
+        return [
+            Action(text=self.renderer.action_text(ids), token_ids=ids, logprobs=lps)
+            for ids, lps in zip(sampled, logprobs, strict=True)
+        ]
+
+    def _sample(self, logp: Any) -> Any:
+        import torch
+
+        probs = logp.exp()
+        if self.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < self.top_p  # always keeps the top token
+            sorted_p = sorted_p * keep
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+
+    def _hit_stop(self, sampled: list[list[int]], finished: Any) -> Any:
+        import torch
+
+        hits = torch.zeros_like(finished)
+        for row, ids in enumerate(sampled):
+            if finished[row]:
+                continue
+            tail = self.tokenizer.decode(ids[-16:], skip_special_tokens=False)
+            if any(s in tail for s in self.stop):
+                hits[row] = True
+        return hits
