@@ -152,7 +152,7 @@ class _Lockstep:
         slots = [self.slots[i] for i in waiting]
         if self.tokens:
             prompts = [context_ids(s.traj, s.traj.num_turns, self.mode) for s in slots]
-            actions = self.agent.generate(prompts)
+            actions = self.agent.generate(prompts, infos=[s.info for s in slots])
         else:
             actions = self.agent.act([s.traj.messages for s in slots], [s.info for s in slots])
         if len(actions) != len(waiting):

@@ -113,6 +113,8 @@ class HFPolicy:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(0 if seed is None else int(seed))
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        #: Decode greedily by default (set during evaluation).
+        self.greedy = False
 
     # ------------------------------------------------------------------ Agent API
     def act(
@@ -125,8 +127,19 @@ class HFPolicy:
         return self.generate(prompts)
 
     # ------------------------------------------------------------------ sampling
-    def generate(self, prompts: Sequence[Sequence[int]], *, greedy: bool = False) -> list[Action]:
-        """Sample one reply per prompt (token ids in, :class:`Action` with ids out)."""
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        infos: Sequence[dict[str, Any]] | None = None,
+        greedy: bool | None = None,
+    ) -> list[Action]:
+        """Sample one reply per prompt (token ids in, :class:`Action` with ids out).
+
+        ``infos`` is accepted for the rollout engine's sake and ignored; ``greedy``
+        defaults to the :attr:`greedy` attribute (argmax decoding, for evaluation).
+        """
+        greedy = self.greedy if greedy is None else greedy
         actions: list[Action] = []
         for start in range(0, len(prompts), self.max_batch_size):
             actions.extend(self._generate_batch(prompts[start:start + self.max_batch_size], greedy))

@@ -1,0 +1,328 @@
+"""Training configuration: one typed dataclass per component, read from YAML.
+
+``turnrl train configs/quickstart.yaml rollout.episodes_per_update=32 optim.lr=3e-5``
+loads the file, applies the ``key=value`` overrides (values read as YAML), then validates
+everything and reports every error at once.
+
+Units are in the names: ``episodes_per_update`` (episodes collected per update),
+``minibatch_size`` (samples per optimizer step), ``micro_batch_size`` (samples per
+forward pass; gradients are accumulated over ``minibatch_size / micro_batch_size``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from turnrl.errors import ConfigError, did_you_mean
+
+__all__ = [
+    "ModelConfig", "EnvConfig", "RolloutConfig", "AlgorithmConfig", "OptimConfig",
+    "SFTConfig", "EvalConfig", "TrainConfig", "load_config", "apply_overrides",
+    "ALGORITHMS",
+]
+
+ALGORITHMS = ("ppo", "sft")
+
+
+@dataclass
+class ModelConfig:
+    """The policy model."""
+
+    #: Hugging Face id or local directory. Empty with ``tiny`` set: build a tiny model.
+    name_or_path: str = ""
+    #: Build a tiny model from scratch (offline): hidden_size, num_layers, vocab_size,
+    #: corpus_seeds (env seeds whose text trains the tokenizer).
+    tiny: dict[str, Any] | None = None
+    #: float32 | bfloat16 | float16; default bfloat16 on CUDA, float32 on CPU.
+    dtype: str | None = None
+    #: cpu | cuda | cuda:N; default CUDA when available.
+    device: str | None = None
+    #: Critic for ppo: "separate" (own backbone + value head) or "shared" (value head on
+    #: the policy's last hidden state; value gradients also train the backbone).
+    critic: str = "separate"
+
+
+@dataclass
+class EnvConfig:
+    """What to train on: one env id, or a suite with sampling weights."""
+
+    #: Registered env id (set this or ``suite``).
+    id: str = ""
+    #: Keyword arguments for ``turnrl.make`` (env ids only).
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Suite name (set this or ``id``).
+    suite: str = ""
+    #: Sampling weight per suite entry name (default: equal).
+    weights: dict[str, float] = field(default_factory=dict)
+    #: Train seeds for an env id: [start, stop) range.
+    train_seeds: list[int] = field(default_factory=lambda: [0, 10_000])
+    #: Eval seeds for an env id: [start, stop) range, disjoint from train seeds.
+    eval_seeds: list[int] = field(default_factory=lambda: [100_000, 100_050])
+
+
+@dataclass
+class RolloutConfig:
+    """Collecting episodes."""
+
+    episodes_per_update: int = 16
+    #: Episodes per (env, seed) group (RLOO/GRPO need >= 2).
+    group_size: int = 1
+    #: Environments in flight at once.
+    num_envs: int = 16
+    #: "full" (whole conversation) or "window(k)" (instructions + task + last k exchanges).
+    context: str = "full"
+    #: Episodes whose next context would exceed this are truncated (and bootstrapped).
+    max_context_tokens: int = 2048
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    #: Threads stepping envs within a tick.
+    step_workers: int = 1
+
+
+@dataclass
+class AlgorithmConfig:
+    """The update rule (a preset name plus its coefficients)."""
+
+    #: ppo | sft
+    name: str = "ppo"
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_ratio: float = 0.2
+    #: Dual-clip constant (> 1) or null.
+    dual_clip: float | None = None
+    #: Value clip range, or null for unclipped.
+    value_clip: float | None = 0.2
+    #: Weight of the value loss when the critic shares the policy's backbone.
+    vf_coef: float = 0.5
+    entropy_coef: float = 0.0
+    #: KL to the initial policy: coefficient (0 disables), estimator, and where it goes:
+    #: "reward" (k1 per token, summed per turn, subtracted from turn rewards) or "loss".
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    kl_in: str = "loss"
+    normalize_advantages: bool = True
+    #: token-mean | seq-mean-token-mean
+    loss_agg: str = "token-mean"
+    #: Updates that train the critic only, before the policy moves.
+    critic_warmup_updates: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    critic_lr: float = 1e-4
+    weight_decay: float = 0.0
+    #: Passes over each rollout batch (PPO's K).
+    epochs_per_update: int = 2
+    #: Samples per optimizer step.
+    minibatch_size: int = 8
+    #: Samples per forward pass (gradient accumulation over minibatch / micro).
+    micro_batch_size: int = 4
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class SFTConfig:
+    """SFT on expert episodes (the ``sft`` preset, or a warm start before RL)."""
+
+    #: Expert episodes gathered from ``info["expert_action"]`` on train seeds (0: no SFT).
+    episodes: int = 0
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 8
+
+
+@dataclass
+class EvalConfig:
+    #: Evaluate every N updates (0: only before and after training).
+    every: int = 0
+    #: Eval episodes per env (taken from the eval seeds).
+    episodes: int = 20
+    #: Greedy decoding for evaluation (else sampling at the rollout temperature).
+    greedy: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``turnrl train`` needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    #: Policy updates (ppo); ignored by sft.
+    total_updates: int = 20
+    seed: int = 0
+    #: Run directory (config.yaml, metrics.jsonl, tensorboard/, checkpoints/, ...).
+    run_dir: str = "runs/run"
+    #: Save a checkpoint every N updates (0: only at the end).
+    checkpoint_every: int = 5
+    #: Episodes per update written to samples.jsonl.
+    log_episodes: int = 4
+    #: Show a progress bar.
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise one :class:`ConfigError` listing every problem."""
+        e: list[str] = []
+        m, env, r, a, o = self.model, self.env, self.rollout, self.algorithm, self.optim
+        if not m.name_or_path and not m.tiny:
+            e.append("model.name_or_path is empty: give a Hugging Face id / local dir, or "
+                     "set model.tiny to build a tiny model")
+        if m.critic not in ("separate", "shared"):
+            e.append(f"model.critic must be 'separate' or 'shared', got {m.critic!r}")
+        if bool(env.id) == bool(env.suite):
+            e.append("set exactly one of env.id and env.suite")
+        for name in ("train_seeds", "eval_seeds"):
+            value = getattr(env, name)
+            if len(value) != 2 or value[0] >= value[1]:
+                e.append(f"env.{name} must be [start, stop) with start < stop, got {value}")
+        if len(env.train_seeds) == 2 and len(env.eval_seeds) == 2:
+            (a0, a1), (b0, b1) = env.train_seeds, env.eval_seeds
+            if a0 < b1 and b0 < a1:
+                e.append(f"env.train_seeds {env.train_seeds} and env.eval_seeds "
+                         f"{env.eval_seeds} overlap; eval seeds must be held out")
+        if a.name not in ALGORITHMS:
+            e.append(f"algorithm.name must be one of {ALGORITHMS}, got {a.name!r}"
+                     f"{did_you_mean(a.name, ALGORITHMS)}")
+        if a.loss_agg not in ("token-mean", "seq-mean-token-mean"):
+            e.append(f"algorithm.loss_agg must be token-mean or seq-mean-token-mean, got {a.loss_agg!r}")
+        if a.kl_estimator not in ("k1", "k2", "k3"):
+            e.append(f"algorithm.kl_estimator must be k1, k2 or k3, got {a.kl_estimator!r}")
+        if a.kl_in not in ("reward", "loss"):
+            e.append(f"algorithm.kl_in must be 'reward' or 'loss', got {a.kl_in!r}")
+        if not 0 <= a.gamma <= 1 or not 0 <= a.lam <= 1:
+            e.append(f"algorithm.gamma and algorithm.lam must be in [0, 1], got {a.gamma}, {a.lam}")
+        if a.dual_clip is not None and a.dual_clip <= 1:
+            e.append(f"algorithm.dual_clip must be > 1 or null, got {a.dual_clip}")
+        if r.episodes_per_update < 1:
+            e.append(f"rollout.episodes_per_update must be >= 1, got {r.episodes_per_update}")
+        if r.group_size < 1 or r.episodes_per_update % r.group_size:
+            e.append(f"rollout.episodes_per_update ({r.episodes_per_update}) must be a multiple "
+                     f"of rollout.group_size ({r.group_size})")
+        try:
+            from turnrl.trajectory import parse_context
+
+            parse_context(r.context)
+        except ValueError as exc:
+            e.append(f"rollout.context: {exc}")
+        if r.max_context_tokens <= r.max_new_tokens:
+            e.append(f"rollout.max_context_tokens ({r.max_context_tokens}) must exceed "
+                     f"rollout.max_new_tokens ({r.max_new_tokens})")
+        if not r.temperature > 0:
+            e.append(f"rollout.temperature must be > 0, got {r.temperature}")
+        if o.micro_batch_size < 1 or o.minibatch_size % o.micro_batch_size:
+            e.append(f"optim.minibatch_size ({o.minibatch_size}) must be a multiple of "
+                     f"optim.micro_batch_size ({o.micro_batch_size})")
+        if o.epochs_per_update < 1:
+            e.append(f"optim.epochs_per_update must be >= 1, got {o.epochs_per_update}")
+        if o.lr <= 0 or o.critic_lr <= 0:
+            e.append("optim.lr and optim.critic_lr must be > 0")
+        if a.name == "sft" and self.sft.episodes < 1:
+            e.append("algorithm.name is sft but sft.episodes is 0: set sft.episodes")
+        if self.total_updates < 0:
+            e.append(f"total_updates must be >= 0, got {self.total_updates}")
+        if e:
+            raise ConfigError("invalid config:\n  - " + "\n  - ".join(e))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, errors: list[str]) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            errors.append(f"unknown key {prefix}{key}.{did_you_mean(key, names)} "
+                          f"Valid keys: {', '.join(names)}")
+            continue
+        sub = _SUBSECTION.get(names[key].name) if cls is TrainConfig else None
+        if sub is not None:
+            if not isinstance(value, dict):
+                errors.append(f"{prefix}{key} must be a mapping, got {value!r}")
+                continue
+            kwargs[key] = _build(sub, value, f"{prefix}{key}.", errors)
+        else:
+            kwargs[key] = _coerce(value, hints.get(key), f"{prefix}{key}", errors)
+    if cls is TrainConfig:
+        return kwargs
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str, errors: list[str]) -> Any:
+    """Check scalars against the field type; accept YAML's "3e-5" strings as floats."""
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None:
+        if type(None) not in allowed:
+            errors.append(f"{key} must not be null")
+        return value
+    if float in allowed and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            errors.append(f"{key} must be a number, got {value!r}")
+            return value
+    for kind in (int, bool, str):
+        if kind in allowed and hint is not Any:
+            if isinstance(value, kind) and (kind is not int or not isinstance(value, bool)):
+                return value
+            errors.append(f"{key} must be {kind.__name__}, got {value!r}")
+            return value
+    return value
+
+
+_SUBSECTION: dict[str, type] = {
+    "model": ModelConfig, "env": EnvConfig, "rollout": RolloutConfig,
+    "algorithm": AlgorithmConfig, "optim": OptimConfig, "sft": SFTConfig, "eval": EvalConfig,
+}
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values read as YAML) to a nested dict."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override must be KEY=VALUE (e.g. optim.lr=3e-5), got {item!r}")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config, apply overrides, validate; every error is reported at once."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    data = apply_overrides(data, list(overrides or []))
+    errors: list[str] = []
+    kwargs = _build(TrainConfig, data, "", errors)
+    if errors:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
+    try:
+        return TrainConfig(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"invalid config: {exc}") from None

@@ -1,0 +1,108 @@
+"""Run-directory outputs: metrics.jsonl, TensorBoard events, sample episodes, plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from turnrl.trajectory import Trajectory
+
+__all__ = ["MetricsLogger", "read_metrics", "plot_run", "PLOT_GROUPS"]
+
+
+class MetricsLogger:
+    """Appends one JSON line per update to ``metrics.jsonl`` and mirrors scalars to
+    TensorBoard (``tensorboard/``) when the ``tensorboard`` package is installed."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "metrics.jsonl"
+        self.samples_path = self.run_dir / "samples.jsonl"
+        self.start = time.time()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        except ImportError:  # tensorboard is optional
+            self.writer = None
+
+    def log(self, step: int, metrics: dict[str, float], *, phase: str = "train") -> None:
+        row = {"step": step, "phase": phase, "time_s": round(time.time() - self.start, 3)}
+        for key, value in metrics.items():
+            value = float(value)
+            row[key] = value if math.isfinite(value) else None
+            if self.writer is not None and math.isfinite(value):
+                self.writer.add_scalar(key, value, step)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            self.writer.flush()
+
+    def log_episodes(self, step: int, trajectories: Iterable[Trajectory], *, phase: str) -> None:
+        with open(self.samples_path, "a", encoding="utf-8") as f:
+            for traj in trajectories:
+                row = {"step": step, "phase": phase, **traj.to_dict()}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a turnrl run directory?")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+#: One PNG per group: (file stem, title, metric-name fragments to plot).
+PLOT_GROUPS = [
+    ("success", "success rate", ("success",)),
+    ("return", "episode return", ("return",)),
+    ("kl", "KL to reference / old policy", ("kl",)),
+    ("entropy", "policy entropy", ("entropy",)),
+    ("value_loss", "value loss", ("value_loss",)),
+    ("loss", "losses", ("policy_loss", "sft_loss")),
+]
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write one PNG per metric group of a run; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    out = Path(out_dir) if out_dir else Path(run_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stem, title, fragments in PLOT_GROUPS:
+        keys = sorted({k for r in rows for k in r if any(f in k for f in fragments)
+                       and isinstance(r.get(k), (int, float))})
+        keys = [k for k in keys if k not in ("step", "time_s")]
+        if not keys:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="o" if len(pts) < 30 else None, label=key)
+        ax.set_title(title)
+        ax.set_xlabel("update")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"{stem}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,133 @@
+"""Losses: pure functions over ``[B, S]`` token tensors with explicit masks.
+
+Every function takes a ``mask`` (1 on tokens that count) and a named aggregation mode:
+
+``token-mean``
+    mean over every unmasked token of the batch (long replies weigh more).
+``seq-mean-token-mean``
+    mean over tokens within each sequence, then mean over sequences.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from turnrl.trainer.advantages import masked_mean
+
+__all__ = [
+    "LOSS_AGG_MODES", "aggregate", "policy_loss", "value_loss", "entropy_from_logits",
+    "kl_penalty", "nll_loss", "KL_ESTIMATORS",
+]
+
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor:
+    """Reduce a ``[B, S]`` loss over masked tokens.
+
+    Raises:
+        ValueError: unknown ``mode`` (the allowed ones are listed).
+    """
+    if mode == "token-mean":
+        return masked_mean(loss, mask)
+    if mode == "seq-mean-token-mean":
+        per_seq = masked_mean(loss, mask, dim=-1)
+        has_tokens = (mask.sum(-1) > 0).to(loss.dtype)
+        return (per_seq * has_tokens).sum() / has_tokens.sum().clamp(min=1.0)
+    raise ValueError(f"loss aggregation must be one of {LOSS_AGG_MODES}, got {mode!r}")
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    agg: str = "token-mean",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped PPO policy loss per token.
+
+    ``-min(r A, clip(r, 1 - clip_low, 1 + clip_high) A)`` with ``r = exp(logp - old_logp)``.
+    With ``dual_clip = c > 1``, a negative-advantage token's loss is also capped at
+    ``-c A`` (Ye et al., 2020), so a huge ratio cannot blow up the update.
+
+    Args:
+        logprobs, old_logprobs, advantages, mask: ``[B, S]``.
+
+    Returns:
+        ``(loss, stats)`` with stats ``clipfrac``, ``approx_kl`` (k3 of old vs new) and
+        ``ratio_max``, each a detached scalar over masked tokens.
+    """
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+    log_ratio = (logprobs - old_logprobs) * mask
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    loss = torch.maximum(unclipped, clipped)
+    if dual_clip is not None:
+        capped = torch.minimum(loss, -advantages * dual_clip)
+        loss = torch.where(advantages < 0, capped, loss)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+            "approx_kl": masked_mean(torch.exp(-log_ratio) - 1 + log_ratio, mask),
+            "ratio_max": (ratio * mask).max() if mask.any() else ratio.new_tensor(1.0),
+        }
+    return aggregate(loss, mask, agg), stats
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip: float | None = 0.2,
+    agg: str = "token-mean",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss ``0.5 * max((V - R)^2, (V_clip - R)^2)`` at masked positions.
+
+    ``V_clip = old_V + clip(V - old_V, -clip, clip)``; ``clip=None`` disables clipping.
+    """
+    err = (values - returns) ** 2
+    if clip is not None:
+        v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+        err_clipped = (v_clipped - returns) ** 2
+        loss = 0.5 * torch.maximum(err, err_clipped)
+        clipfrac = masked_mean((err_clipped > err).float(), mask).detach()
+    else:
+        loss = 0.5 * err
+        clipfrac = values.new_tensor(0.0)
+    return aggregate(loss, mask, agg), {"vf_clipfrac": clipfrac}
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the categorical distribution at each position: ``[..., V] -> [...]``."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token KL(policy || reference) estimate from sampled-token logprobs.
+
+    ``k1 = logp - ref``; ``k2 = 0.5 (logp - ref)^2``; ``k3 = exp(ref - logp) - (ref - logp) - 1``
+    (Schulman's unbiased, always non-negative estimator).
+    """
+    diff = logprobs - ref_logprobs
+    if kind == "k1":
+        return diff
+    if kind == "k2":
+        return 0.5 * diff**2
+    if kind == "k3":
+        return torch.exp(-diff) + diff - 1.0
+    raise ValueError(f"kl estimator must be one of {KL_ESTIMATORS}, got {kind!r}")
+
+
+def nll_loss(logprobs: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean") -> torch.Tensor:
+    """Masked negative log-likelihood (SFT on action tokens only)."""
+    return aggregate(-logprobs, mask, agg)
