@@ -3,6 +3,8 @@
     turnrl envs                               list environments and suites
     turnrl play turnrl/TextWorld-v0 --seed 3  play an environment yourself
     turnrl eval textworld --agent expert      success rates with 95% intervals
+    turnrl train configs/quickstart.yaml      SFT warm start + turn-level PPO
+    turnrl plot runs/quickstart               PNG curves of a run
 """
 
 from __future__ import annotations
@@ -171,6 +173,65 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from turnrl.trainer import Trainer, load_config
+
+    if args.config and "=" in args.config and not Path(args.config).exists():
+        args.overrides, args.config = [args.config, *args.overrides], None  # only overrides
+    if args.resume:
+        config_path = args.config or f"{args.resume}/config.yaml"
+        overrides = [*args.overrides, f"run_dir={args.resume}"]
+        trainer = Trainer(load_config(config_path, overrides), resume=True)
+    else:
+        if not args.config:
+            raise ConfigError("give a config file (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
+        trainer = Trainer(load_config(args.config, args.overrides))
+    results = trainer.fit()
+    print(_format_phases(results))
+    if not args.no_plot:
+        from turnrl.trainer.logging import plot_run
+
+        written = plot_run(trainer.run_dir)
+        print(f"\nplots: {', '.join(str(p) for p in written)}", file=sys.stderr)
+    print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+    return 0
+
+
+def _format_phases(results: dict[str, dict[str, float]]) -> str:
+    """Held-out success per phase (before / after SFT / after RL), overall and per env."""
+    keys = sorted({k for m in results.values() for k in m if k.endswith("/success")})
+    header = ["phase"] + [k.removeprefix("eval/").removesuffix("/success") or "all" for k in keys]
+    header = [h if h != "success" else "all" for h in header]
+    rows = [header]
+    for phase, metrics in results.items():
+        row = [phase]
+        for k in keys:
+            v = metrics.get(k)
+            lo = metrics.get(k.replace("/success", "/success_ci_low"))
+            hi = metrics.get(k.replace("/success", "/success_ci_high"))
+            row.append("-" if v is None else f"{v:.0%} [{lo:.0%}, {hi:.0%}]")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "held-out success rate (95% CI):\n" + "\n".join(lines)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from turnrl.trainer.logging import plot_run
+
+    written = plot_run(args.run_dir, args.out)
+    if not written:
+        print("no metrics to plot", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     from turnrl import __version__
@@ -207,6 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-trajectories", metavar="FILE", help="write episodes as JSONL")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train", help="train a policy from a YAML config")
+    p.add_argument("config", nargs="?", help="YAML config, e.g. configs/quickstart.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. optim.lr=3e-5 rollout.episodes_per_update=32")
+    p.add_argument("--resume", metavar="RUN_DIR", help="resume from the run's last checkpoint")
+    p.add_argument("--no-plot", action="store_true", help="skip writing PNG curves at the end")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plot", help="write PNG curves of a run's metrics")
+    p.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
+    p.add_argument("--out", help="output directory (default RUN_DIR/plots)")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 

@@ -75,11 +75,17 @@ def spread_to_tokens(turn_values: torch.Tensor, turn_index: torch.Tensor) -> tor
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of ``x`` over positions where ``mask`` is 1 (0 if there are none)."""
-    mask = mask.to(x.dtype)
+    """Mean of ``x`` over positions where ``mask`` is 1 (0 if there are none).
+
+    Masked-out positions are selected away, not multiplied by 0, so an inf or NaN there
+    (e.g. a huge ratio on a padding token) cannot leak into the result.
+    """
+    keep = mask > 0
+    x = torch.where(keep, x, torch.zeros_like(x))
+    mask = keep.to(x.dtype)
     if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1.0)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+        return x.sum() / mask.sum().clamp(min=1.0)
+    return x.sum(dim) / mask.sum(dim).clamp(min=1.0)
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -12,6 +12,7 @@ forward pass; gradients are accumulated over ``minibatch_size / micro_batch_size
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,7 +268,15 @@ def _build(cls: type, data: dict[str, Any], prefix: str, errors: list[str]) -> A
 
 def _coerce(value: Any, hint: Any, key: str, errors: list[str]) -> Any:
     """Check scalars against the field type; accept YAML's "3e-5" strings as floats."""
-    allowed = typing.get_args(hint) or (hint,)
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        allowed = typing.get_args(hint)
+    elif origin is not None:  # list[...] / dict[...]: check the container only
+        if value is not None and not isinstance(value, origin):
+            errors.append(f"{key} must be a {origin.__name__}, got {value!r}")
+        return value
+    else:
+        allowed = (hint,)
     if value is None:
         if type(None) not in allowed:
             errors.append(f"{key} must not be null")

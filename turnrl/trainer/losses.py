@@ -76,7 +76,7 @@ def policy_loss(
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),
             "approx_kl": masked_mean(torch.exp(-log_ratio) - 1 + log_ratio, mask),
-            "ratio_max": (ratio * mask).max() if mask.any() else ratio.new_tensor(1.0),
+            "ratio_max": torch.where(mask > 0, ratio, 1.0).max(),
         }
     return aggregate(loss, mask, agg), stats
 

@@ -364,7 +364,7 @@ class Trainer:
             total = (loss if train_policy else loss * 0.0)
             if v_loss is not None:
                 total = total + (a.vf_coef if self._shared_critic() else 1.0) * v_loss
-                acc["value_loss"] = acc.get("value_loss", 0.0) + float(v_loss) / len(micro)
+                acc["value_loss"] = acc.get("value_loss", 0.0) + float(v_loss.detach()) / len(micro)
             if not torch.isfinite(total):
                 acc["nan_skipped"] = 1.0
                 self.optimizer.zero_grad(set_to_none=True)
@@ -372,8 +372,8 @@ class Trainer:
                     self.critic_optimizer.zero_grad(set_to_none=True)
                 return acc  # NaN guard: skip this optimizer step, log it
             (total * len(mb) / len(idx)).backward()
-            acc["policy_loss"] = acc.get("policy_loss", 0.0) + float(pg) / len(micro)
-            acc["entropy"] = acc.get("entropy", 0.0) + float(entropy) / len(micro)
+            acc["policy_loss"] = acc.get("policy_loss", 0.0) + float(pg.detach()) / len(micro)
+            acc["entropy"] = acc.get("entropy", 0.0) + float(entropy.detach()) / len(micro)
             for key, value in pg_stats.items():
                 acc[key] = acc.get(key, 0.0) + float(value) / len(micro)
         acc["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.max_grad_norm))

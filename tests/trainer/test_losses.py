@@ -1,0 +1,79 @@
+"""Exact values for the losses; masked positions never matter."""
+
+import math
+
+import pytest
+import torch
+
+from turnrl.trainer.losses import aggregate, kl_penalty, nll_loss, policy_loss, value_loss
+
+
+def test_policy_loss_clipping_by_hand():
+    # token 1: ratio 1.5, A = +1 -> min(1.5, clip 1.2) -> loss -1.2
+    # token 2: ratio 0.5, A = -1 -> max(0.5, 0.8) -> loss 0.8; token-mean = -0.2
+    logp = torch.tensor([[math.log(1.5), math.log(0.5)]])
+    old = torch.zeros(1, 2)
+    adv = torch.tensor([[1.0, -1.0]])
+    loss, stats = policy_loss(logp, old, adv, torch.ones(1, 2))
+    assert loss.item() == pytest.approx(-0.2)
+    assert stats["clipfrac"].item() == pytest.approx(1.0)
+
+
+def test_dual_clip_caps_negative_advantage_loss():
+    # ratio 5, A = -1: PPO loss max(5, 1.2) = 5; dual clip 3 caps it at 3
+    logp = torch.tensor([[math.log(5.0)]])
+    args = (logp, torch.zeros(1, 1), torch.tensor([[-1.0]]), torch.ones(1, 1))
+    assert policy_loss(*args)[0].item() == pytest.approx(5.0)
+    assert policy_loss(*args, dual_clip=3.0)[0].item() == pytest.approx(3.0)
+
+
+def test_aggregation_modes():
+    loss = torch.tensor([[1.0, 3.0], [10.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    assert aggregate(loss, mask, "token-mean").item() == pytest.approx(14 / 3)
+    assert aggregate(loss, mask, "seq-mean-token-mean").item() == pytest.approx((2 + 10) / 2)
+    with pytest.raises(ValueError, match="token-mean"):
+        aggregate(loss, mask, "sum")
+
+
+def test_value_loss_clipped_by_hand():
+    # V = 1.0, old V = 0.5, R = 2: unclipped (1 - 2)^2 = 1; clipped V = 0.5 + 0.2 = 0.7,
+    # (0.7 - 2)^2 = 1.69 -> 0.5 * max(1, 1.69) = 0.845
+    args = (torch.tensor([[1.0]]), torch.tensor([[0.5]]), torch.tensor([[2.0]]), torch.ones(1, 1))
+    assert value_loss(*args, clip=0.2)[0].item() == pytest.approx(0.845)
+    assert value_loss(*args, clip=None)[0].item() == pytest.approx(0.5)
+
+
+def test_kl_estimators():
+    logp, ref = torch.tensor([0.1]), torch.tensor([0.0])
+    assert kl_penalty(logp, ref, "k1").item() == pytest.approx(0.1)
+    assert kl_penalty(logp, ref, "k2").item() == pytest.approx(0.005)
+    assert kl_penalty(logp, ref, "k3").item() == pytest.approx(math.exp(-0.1) + 0.1 - 1, abs=1e-7)
+    with pytest.raises(ValueError, match="k3"):
+        kl_penalty(logp, ref, "k4")
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_scrambling_masked_positions_changes_no_loss(agg):
+    torch.manual_seed(0)
+    shape = (3, 7)
+    mask = (torch.rand(shape) > 0.5).float()
+    logp, old, adv = torch.randn(shape), torch.randn(shape), torch.randn(shape)
+    values, old_v, ret = torch.randn(shape), torch.randn(shape), torch.randn(shape)
+    ref = torch.randn(shape)
+
+    def losses(lp, o, a, v, ov, r, rf):
+        return (
+            policy_loss(lp, o, a, mask, agg=agg, dual_clip=3.0)[0],
+            value_loss(v, ov, r, mask, agg=agg)[0],
+            aggregate(kl_penalty(lp, rf), mask, agg),
+            nll_loss(lp, mask, agg),
+        )
+
+    base = losses(logp, old, adv, values, old_v, ret, ref)
+    noise = lambda x: torch.where(mask > 0, x, torch.randn(shape) * 50)  # noqa: E731
+    scrambled = losses(noise(logp), noise(old), noise(adv), noise(values), noise(old_v),
+                       noise(ret), noise(ref))
+    for a, b in zip(base, scrambled, strict=True):
+        assert torch.isfinite(b)
+        assert a.item() == pytest.approx(b.item(), rel=1e-6)

@@ -1,0 +1,139 @@
+"""The training loop on a tiny model: losses finite, every parameter moved, resume is
+exact, suites are mixed with per-env metrics."""
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import turnrl  # noqa: E402
+from toy_envs import GuessNumber  # noqa: E402
+from turnrl.envs.suites import SuiteEntry  # noqa: E402
+from turnrl.errors import ConfigError  # noqa: E402
+from turnrl.trainer import Trainer, load_config  # noqa: E402
+
+turnrl.register("turnrl/GuessTrain-v0", GuessNumber, override=True, max_turns=3)
+turnrl.register("turnrl/GuessWide-v0", GuessNumber, override=True, max_turns=3, high=20)
+
+
+def config(tmp_path, model, *extra):
+    return load_config(None, [
+        f"model.name_or_path={model}", "env.id=turnrl/GuessTrain-v0",
+        "rollout.episodes_per_update=8", "rollout.max_new_tokens=5", "rollout.num_envs=8",
+        "total_updates=2", f"run_dir={tmp_path / 'run'}", "eval.episodes=4", "progress=false",
+        "optim.lr=1e-3", "optim.critic_lr=1e-3", "optim.minibatch_size=4",
+        "optim.micro_batch_size=2", "checkpoint_every=1", *extra,
+    ])
+
+
+def _params(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def _moved(before, module):
+    return [n for n, p in module.named_parameters() if p.requires_grad
+            and not torch.equal(before[n], p.detach())]
+
+
+@pytest.mark.parametrize("critic", ["separate", "shared"])
+def test_ppo_update_moves_every_parameter(tmp_path, tiny_guess_model, critic):
+    trainer = Trainer(config(tmp_path, tiny_guess_model, f"model.critic={critic}",
+                             "algorithm.kl_coef=0.05", "algorithm.entropy_coef=0.01"))
+    policy_before, critic_before = _params(trainer.model), _params(trainer.critic)
+    metrics = trainer.rl_update()
+    for key in ("policy_loss", "value_loss", "entropy", "kl_ref", "grad_norm"):
+        assert torch.isfinite(torch.tensor(metrics[key])), key
+    assert metrics["nan_skipped"] == 0.0
+    assert set(_moved(policy_before, trainer.model)) == set(policy_before)
+    assert set(_moved(critic_before, trainer.critic)) == set(critic_before)
+    # rollout and trainer compute the same logprobs for the sampled tokens
+    assert metrics["logprob/rollout_vs_train_max_abs"] < 1e-3
+
+
+def test_sft_moves_every_parameter_and_lowers_loss(tmp_path, tiny_guess_model):
+    trainer = Trainer(config(tmp_path, tiny_guess_model, "algorithm.name=sft",
+                             "sft.episodes=8", "sft.epochs=4", "sft.lr=3e-3"))
+    before = _params(trainer.model)
+    out = trainer.train_sft()
+    assert out["sft_samples"] == 8
+    assert set(_moved(before, trainer.model)) == set(before)
+    rows = [json.loads(x) for x in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["sft/sft_loss"] for r in rows if r["phase"] == "sft"]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+
+
+def test_resume_gives_the_same_next_update(tmp_path, tiny_guess_model):
+    straight = Trainer(config(tmp_path / "a", tiny_guess_model))
+    straight.rl_update(); straight.update += 1  # noqa: E702
+    expected = straight.rl_update()
+
+    first = Trainer(config(tmp_path / "b", tiny_guess_model))
+    first.rl_update(); first.update += 1  # noqa: E702
+    first.save()
+    resumed = Trainer(config(tmp_path / "b", tiny_guess_model), resume=True)
+    assert resumed.update == 1
+    got = resumed.rl_update()
+    for key in ("rollout/return", "policy_loss", "value_loss", "entropy", "grad_norm"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, tiny_guess_model):
+    t = Trainer(config(tmp_path, tiny_guess_model))
+    t.save()
+    with pytest.raises(ConfigError, match="--resume"):
+        Trainer(config(tmp_path, tiny_guess_model))
+
+
+def test_suite_run_mixes_envs_with_per_env_metrics(tmp_path, tiny_guess_model):
+    turnrl.register_suite("guess-mix", [
+        SuiteEntry("turnrl/GuessTrain-v0", {}, range(0, 100), range(1000, 1010), name="small"),
+        SuiteEntry("turnrl/GuessWide-v0", {}, range(0, 100), range(1000, 1010), name="wide"),
+    ], override=True)
+    cfg = load_config(None, [
+        f"model.name_or_path={tiny_guess_model}", "env.suite=guess-mix",
+        "env.weights={small: 1.0, wide: 1.0}", "rollout.episodes_per_update=16",
+        "rollout.max_new_tokens=4", "total_updates=1", f"run_dir={tmp_path / 'run'}",
+        "eval.episodes=3", "progress=false",
+    ])
+    trainer = Trainer(cfg)
+    metrics = trainer.rl_update()
+    small, wide = metrics["rollout/small/episodes"], metrics["rollout/wide/episodes"]
+    assert small >= 1 and wide >= 1 and small + wide == 16
+    ev = trainer.evaluate("check")
+    assert ev["eval/small/episodes"] == 3 and ev["eval/wide/episodes"] == 3
+
+
+def test_config_errors_are_reported_together(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, ["env.id=turnrl/GuessTrain-v0", "rollout.episodes_per_update=6",
+                           "rollout.group_size=4", "algorithm.name=ppo", "optim.minibatch_size=3",
+                           "optim.micro_batch_size=2", "env.eval_seeds=[5, 20]",
+                           "env.train_seeds=[0, 10]"])
+    msg = str(exc.value)
+    for fragment in ("model.name_or_path", "group_size", "micro_batch_size", "overlap"):
+        assert fragment in msg
+    with pytest.raises(ConfigError, match="Did you mean 'lr'"):
+        load_config(None, ["optim.lrr=1"])
+
+
+def test_train_and_plot_cli(tmp_path, tiny_guess_model):
+    from turnrl.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"model: {{name_or_path: {tiny_guess_model}}}\n"
+        "env: {id: turnrl/GuessTrain-v0}\n"
+        "rollout: {episodes_per_update: 4, max_new_tokens: 4, num_envs: 4}\n"
+        f"total_updates: 2\nrun_dir: {tmp_path / 'run'}\n"
+        "eval: {episodes: 2}\nprogress: false\n"
+    )
+    assert main(["train", str(cfg)]) == 0
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "results.json"):
+        assert (run / name).exists(), name
+    assert list((run / "tensorboard").iterdir())
+    assert (run / "plots" / "success.png").exists()
+    assert main(["train", "--resume", str(run), "total_updates=3"]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in rows if r["phase"] == "train") == 2
