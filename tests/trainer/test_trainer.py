@@ -7,8 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import turnrl  # noqa: E402
 from toy_envs import GuessNumber  # noqa: E402
+
+import turnrl  # noqa: E402
 from turnrl.envs.suites import SuiteEntry  # noqa: E402
 from turnrl.errors import ConfigError  # noqa: E402
 from turnrl.trainer import Trainer, load_config  # noqa: E402
