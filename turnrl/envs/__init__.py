@@ -23,4 +23,11 @@ register(
     "generated from (challenge, settings, seed), or your own .z8 game",
 )
 
+register(
+    "turnrl/ALFWorld-v0",
+    "turnrl.envs.alfworld.env:ALFWorldEnv",
+    description="ALFWorld household tasks (6 task types) on ALFWorld's own PDDL engine: "
+    "generated households, or the official json_2.1.1 games via data_dir / ALFWORLD_DATA",
+)
+
 from turnrl.envs import builtin_suites as _builtin_suites  # noqa: E402,F401  (registers suites)

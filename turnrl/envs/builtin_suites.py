@@ -34,3 +34,34 @@ register_suite(
     ],
     description="The four TextWorld challenges at easy settings; 100 eval seeds each.",
 )
+
+# ALFWorld: one entry per task type, on generated households (no download needed).
+# expert=True so that `turnrl eval alfworld --agent expert` works; the hand-coded expert
+# costs ~5-30% per step on generated rooms (measured in benchmarks/alfworld_env.py).
+_ALFWORLD_TASK_TYPES = (
+    "pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
+    "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep", "pick_two_obj_and_place",
+)
+_ALFWORLD_EVAL_SEEDS = tuple(range(100_000, 100_020))
+
+register_suite(
+    "alfworld",
+    [
+        SuiteEntry("turnrl/ALFWorld-v0", {"task_types": [t], "expert": True},
+                   TRAIN_SEEDS, _ALFWORLD_EVAL_SEEDS, name=t)
+        for t in _ALFWORLD_TASK_TYPES
+    ],
+    description="ALFWorld's six task types on generated households (seen goal "
+    "combinations); 20 eval seeds each.",
+)
+
+register_suite(
+    "alfworld-unseen",
+    [
+        SuiteEntry("turnrl/ALFWorld-v0", {"task_types": [t], "split": "valid_unseen", "expert": True},
+                   (), _ALFWORLD_EVAL_SEEDS, name=t)
+        for t in _ALFWORLD_TASK_TYPES
+    ],
+    description="ALFWorld's six task types on generated households whose goal "
+    "combinations never occur in training (like ALFWorld's valid_unseen); eval only.",
+)
