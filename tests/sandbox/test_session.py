@@ -162,3 +162,17 @@ def test_pool_drops_crashed_sessions(bwrap):
             crashed = s
         with pool.session() as s:
             assert s is not crashed and s.run("print(1)").stdout == "1\n"
+
+
+def test_session_outlives_the_thread_that_started_it(bwrap):
+    # bwrap --die-with-parent fires when the forking *thread* exits; sessions must not.
+    holder = {}
+    t = threading.Thread(target=lambda: holder.update(s=bwrap.session(), r=None) or holder["s"].start())
+    t.start()
+    t.join(30)
+    s = holder["s"]
+    try:
+        assert s.run("print('still alive')").stdout == "still alive\n"
+        assert s.restarts == 0
+    finally:
+        s.close()

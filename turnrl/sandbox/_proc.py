@@ -8,16 +8,21 @@ rlimits inside the sandbox and then executes the real command.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["LAUNCHER", "LAUNCH_FAILED", "Captured", "run_captured", "memfd", "kill_group"]
+__all__ = [
+    "LAUNCHER", "LAUNCH_FAILED", "Captured", "run_captured", "memfd", "kill_group",
+    "spawn_long_lived",
+]
 
 #: Exit status of :data:`LAUNCHER` when it could not apply the limits or exec the command
 #: (an infrastructure fault, not the program's).
@@ -41,6 +46,26 @@ except BaseException as exc:
 
 def launcher_argv(python: str, rlimits: dict[str, int], program: Sequence[str]) -> list[str]:
     return [python, "-I", "-S", "-c", LAUNCHER, json.dumps(rlimits), *program]
+
+
+_spawner: concurrent.futures.ThreadPoolExecutor | None = None
+_spawner_lock = threading.Lock()
+
+
+def spawn_long_lived(factory: Callable[[], subprocess.Popen], timeout_s: float = 60.0) -> subprocess.Popen:
+    """Start a process that must outlive the calling thread.
+
+    ``bwrap --die-with-parent`` uses ``PR_SET_PDEATHSIG``, which fires when the *thread*
+    that forked it exits, not the process. A session started from a short-lived worker
+    thread would be killed when that thread ends, so sessions are forked from one
+    dedicated thread that lives as long as the interpreter.
+    """
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="turnrl-sandbox-spawner")
+    return _spawner.submit(factory).result(timeout=timeout_s)
 
 
 def memfd(name: str, data: bytes) -> int:

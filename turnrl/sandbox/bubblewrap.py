@@ -35,6 +35,7 @@ from turnrl.sandbox._proc import (
     launcher_argv,
     memfd,
     run_captured,
+    spawn_long_lived,
 )
 from turnrl.sandbox.base import (
     CODE_DIR,
@@ -287,11 +288,11 @@ class BubblewrapSandbox(Sandbox):
 
         argv = [self.bwrap, *self._bwrap_args(limits), *self._seal(), "--",
                 self.python, "-I", "-c", SERVER_SOURCE, config]
-        proc = subprocess.Popen(
+        proc = spawn_long_lived(lambda: subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={"PATH": "/usr/bin:/bin"}, cwd="/", start_new_session=True, close_fds=True,
             **({"extra_groups": [], **self._host_user()} if self._host_user() else {}),
-        )
+        ))
         return SubprocessChannel(proc, max_line_bytes=12 * limits.output_bytes + (1 << 20))
 
 
