@@ -7,12 +7,13 @@ from typing import Any
 
 from turnrl.agents.base import Action, Agent, Policy
 from turnrl.agents.baselines import ExpertAgent, RandomAgent
+from turnrl.agents.scripted_code import ScriptedCodeAgent
 from turnrl.errors import ConfigError, did_you_mean
 
 __all__ = ["Action", "Agent", "Policy", "ExpertAgent", "RandomAgent", "make_agent", "AGENTS"]
 
 #: Agents that `turnrl eval --agent NAME` can build without extra arguments.
-AGENTS = {"random": RandomAgent, "expert": ExpertAgent}
+AGENTS = {"random": RandomAgent, "expert": ExpertAgent, "scripted_code": ScriptedCodeAgent}
 
 
 def make_agent(name: str, **kwargs: Any) -> Agent:

@@ -30,4 +30,16 @@ register(
     "generated households, or the official json_2.1.1 games via data_dir / ALFWORLD_DATA",
 )
 
+register(
+    "turnrl/CodeInterpreter-v0",
+    "turnrl.envs.code.interpreter:CodeInterpreterEnv",
+    description="reasoning-gym tasks (puzzle24, countdown, ...) solved with a sandboxed "
+    "Python tool, R1-Code-Interpreter protocol; answers scored by reasoning-gym",
+)
+register(
+    "turnrl/CodeRepair-v0",
+    "turnrl.envs.code.repair:CodeRepairEnv",
+    description="HumanEval: write the function, read failing tests (tool output), repair",
+)
+
 from turnrl.envs import builtin_suites as _builtin_suites  # noqa: E402,F401  (registers suites)

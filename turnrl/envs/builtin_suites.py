@@ -65,3 +65,14 @@ register_suite(
     description="ALFWorld's six task types on generated households whose goal "
     "combinations never occur in training (like ALFWorld's valid_unseen); eval only.",
 )
+
+register_suite(
+    "code",
+    [
+        SuiteEntry("turnrl/CodeInterpreter-v0", {}, TRAIN_SEEDS, EVAL_SEEDS,
+                   name="code-interpreter"),
+        SuiteEntry("turnrl/CodeRepair-v0", {}, TRAIN_SEEDS, EVAL_SEEDS, name="code-repair"),
+    ],
+    description="Sandboxed code: reasoning-gym tasks with a Python tool, and HumanEval "
+    "repair from test feedback; 100 eval seeds each.",
+)

@@ -1,0 +1,264 @@
+"""``turnrl/CodeInterpreter-v0``: reasoning tasks with a Python tool.
+
+Tasks come from the `reasoning-gym <https://github.com/open-thought/reasoning-gym>`_
+package: procedural, offline, each with its own verifier. The protocol follows
+R1-Code-Interpreter:
+
+1. The agent reasons in text. When it wants to compute something it writes **one**
+   fenced ```python block; its turn ends at that block (text after it is ignored).
+2. The block runs in a stateful sandboxed Python session (variables persist across the
+   episode). Its output comes back as a **tool** observation headed
+   ``Code Execution Results:`` and cut to ``max_tool_output_chars``.
+3. At most ``max_code_calls`` code calls (5 by default); after that, code is refused.
+4. The final answer is wrapped ``<<<answer>>>`` (configurable) and scored by
+   reasoning-gym's own ``score_answer``; the reward is that score (0..1) and the episode
+   ends. ``won`` means a perfect score.
+
+A reply with neither a code block nor an answer is a format error: feedback observation,
+``info["invalid_action"] = True``, reward ``invalid_penalty``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from turnrl.envs.base import InvalidAction, TextEnv
+from turnrl.envs.code._common import build_sandbox, format_execution
+from turnrl.envs.code.parsing import find_answers, find_code_block
+from turnrl.errors import ConfigError, did_you_mean
+from turnrl.sandbox import Limits, Sandbox, Session
+
+__all__ = ["CodeInterpreterEnv", "DEFAULT_TASKS"]
+
+#: Tasks used when none are named: a mix that code helps with.
+DEFAULT_TASKS: tuple[str, ...] = (
+    "basic_arithmetic", "chain_sum", "gcd", "lcm", "prime_factorization", "number_sorting",
+    "puzzle24", "countdown", "game_of_life",
+)
+#: Items per task dataset; an episode seed picks one of them.
+_DATASET_SIZE = 1_000_000
+_CODE, _ANSWER = "code", "answer"
+
+
+def _available_tasks() -> list[str]:
+    from reasoning_gym.factory import DATASETS
+
+    return sorted(DATASETS)
+
+
+class CodeInterpreterEnv(TextEnv):
+    """Reasoning-gym tasks solved with an optional sandboxed Python tool.
+
+    Args:
+        tasks: reasoning-gym dataset names to draw from (default :data:`DEFAULT_TASKS`);
+            the episode seed picks the task and the item.
+        task_configs: per-task keyword arguments for ``reasoning_gym.create_dataset``,
+            e.g. ``{"countdown": {"min_numbers": 3, "max_numbers": 4}}``.
+        dataset_seed: seed of the procedural datasets (items differ per seed).
+        max_code_calls: code executions allowed per episode.
+        max_turns: turn budget (code calls + format errors + the answer).
+        answer_open, answer_close: the tags around the final answer.
+        max_tool_output_chars: longest code output shown to the agent.
+        code_timeout_s: wall-clock limit of one code call.
+        invalid_penalty: reward on a turn with a format error (no code, no answer, code
+            past the cap).
+        sandbox: ``"auto"``, a backend name, or a :class:`~turnrl.sandbox.Sandbox`.
+        limits: sandbox limits (default: 10 s, 1 GiB, 32 processes).
+
+    Raises:
+        ConfigError: an unknown task (close matches and the full list are given), a
+            task config the dataset rejects, or a bad number.
+        SandboxUnavailable: no sandbox backend can run here.
+    """
+
+    def __init__(
+        self,
+        *,
+        tasks: Sequence[str] | str | None = None,
+        task_configs: Mapping[str, Mapping[str, Any]] | None = None,
+        dataset_seed: int = 0,
+        max_code_calls: int = 5,
+        max_turns: int | None = None,
+        answer_open: str = "<<<",
+        answer_close: str = ">>>",
+        max_tool_output_chars: int = 4000,
+        code_timeout_s: float = 10.0,
+        invalid_penalty: float = 0.0,
+        sandbox: str | Sandbox = "auto",
+        limits: Limits | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if isinstance(max_code_calls, bool) or not isinstance(max_code_calls, int) or max_code_calls < 0:
+            raise ConfigError(f"max_code_calls must be an int >= 0, got {max_code_calls!r}")
+        super().__init__(
+            max_turns=max_turns if max_turns is not None else max_code_calls + 3,
+            invalid_penalty=invalid_penalty, render_mode=render_mode,
+        )
+        if not (isinstance(answer_open, str) and answer_open and isinstance(answer_close, str) and answer_close):
+            raise ConfigError(f"answer_open and answer_close must be non-empty strings, got "
+                              f"{answer_open!r}, {answer_close!r}")
+        if not isinstance(max_tool_output_chars, int) or max_tool_output_chars < 16:
+            raise ConfigError(f"max_tool_output_chars must be an int >= 16, got {max_tool_output_chars!r}")
+        if not (isinstance(code_timeout_s, (int, float)) and math.isfinite(code_timeout_s) and code_timeout_s > 0):
+            raise ConfigError(f"code_timeout_s must be a number > 0, got {code_timeout_s!r}")
+        self.tasks = self._check_tasks(tasks)
+        self.task_configs = {k: dict(v) for k, v in (task_configs or {}).items()}
+        unknown = [k for k in self.task_configs if k not in self.tasks]
+        if unknown:
+            raise ConfigError(f"task_configs names {unknown}, which are not among tasks "
+                              f"{list(self.tasks)}")
+        self.dataset_seed = int(dataset_seed)
+        self.max_code_calls = max_code_calls
+        self.answer_open, self.answer_close = answer_open, answer_close
+        self.max_tool_output_chars = max_tool_output_chars
+        self.code_timeout_s = float(code_timeout_s)
+        self._datasets: dict[str, Any] = {}
+        for name in self.tasks:  # fail at construction on a bad task config
+            self._dataset(name)
+        self.sandbox = build_sandbox(sandbox, limits)
+        self._session: Session | None = None
+        self.instructions = self._instructions()
+        self._entry: dict[str, Any] = {}
+        self._task_name = ""
+        self._code_calls = 0
+
+    # ------------------------------------------------------------------ set-up
+    @staticmethod
+    def _check_tasks(tasks: Sequence[str] | str | None) -> tuple[str, ...]:
+        if tasks is None:
+            return DEFAULT_TASKS
+        if isinstance(tasks, str):
+            tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+        tasks = tuple(tasks)
+        if not tasks:
+            raise ConfigError("tasks must name at least one reasoning-gym dataset")
+        available = _available_tasks()
+        for name in tasks:
+            if name not in available:
+                raise ConfigError(
+                    f"unknown reasoning-gym task {name!r}.{did_you_mean(str(name), available)} "
+                    f"Available: {', '.join(available)}"
+                )
+        return tasks
+
+    def _dataset(self, name: str) -> Any:
+        if name not in self._datasets:
+            import reasoning_gym
+
+            config = self.task_configs.get(name, {})
+            try:
+                self._datasets[name] = reasoning_gym.create_dataset(
+                    name, seed=self.dataset_seed, size=_DATASET_SIZE, **config)
+            except (TypeError, ValueError, AssertionError) as exc:
+                raise ConfigError(f"reasoning-gym rejected the config {config!r} of task "
+                                  f"{name!r}: {type(exc).__name__}: {exc}") from None
+        return self._datasets[name]
+
+    def _instructions(self) -> str:
+        a, b = self.answer_open, self.answer_close
+        return (
+            "You solve reasoning tasks. You may use a Python interpreter: write one fenced "
+            "code block\n```python\n...\n```\nand stop; the code runs in a persistent Python "
+            "session (variables are kept) and its output comes back as "
+            "'Code Execution Results:'. Use print() to see values. "
+            f"You may run code at most {self.max_code_calls} times. "
+            f"When you know the answer, reply with it wrapped as {a}answer{b}, "
+            f"in the format the task asks for, e.g. {a}42{b}.\n\n"
+            "Example:\nTask: What is 123 * 456?\n"
+            "You: Let me compute it.\n```python\nprint(123 * 456)\n```\n"
+            "Code Execution Results:\n56088\n"
+            f"You: {a}56088{b}"
+        )
+
+    # ------------------------------------------------------------------ TextEnv API
+    def _reset_episode(self, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        rng = np.random.default_rng(self.episode_seed)
+        self._task_name = self.tasks[int(rng.integers(len(self.tasks)))]
+        index = int(rng.integers(_DATASET_SIZE))
+        self._entry = self._dataset(self._task_name)[index]
+        self._code_calls = 0
+        if self._session is not None and not self._session.reset():
+            self._session.close()
+            self._session = None
+        question = str(self._entry["question"])
+        obs = (f"Task: {question}\n\nYou can run Python code (up to {self.max_code_calls} "
+               f"times). Give your final answer as {self.answer_open}answer{self.answer_close}.")
+        return obs, {
+            "task": question,
+            "task_name": self._task_name,
+            "expert_action": self._expert(),
+            "metrics": {"code_calls": 0.0},
+        }
+
+    def _expert(self) -> str:
+        return f"{self.answer_open}{self._entry['answer']}{self.answer_close}"
+
+    def parse_action(self, reply: str) -> str:
+        block = find_code_block(reply)
+        answers = find_answers(reply, self.answer_open, self.answer_close)
+        if block is not None and not any(pos < block.start for pos, _ in answers):
+            if not block.code.strip():
+                raise InvalidAction("Your ```python block was empty. Put code in it, or give "
+                                    f"your final answer as {self.answer_open}answer{self.answer_close}.")
+            if self._code_calls >= self.max_code_calls:
+                raise InvalidAction(
+                    f"You have used all {self.max_code_calls} code calls; the code was not run. "
+                    f"Give your final answer now as {self.answer_open}answer{self.answer_close}."
+                )
+            return f"{_CODE}\n{block.code}"
+        if block is not None:  # an answer came before the code: the answer ends the turn
+            answers = [(pos, text) for pos, text in answers if pos < block.start]
+        if answers:
+            return f"{_ANSWER}\n{answers[-1][1]}"
+        raise InvalidAction(
+            "Your reply had neither a ```python code block nor a final answer. Write code in "
+            f"a ```python block to run it, or give your answer as "
+            f"{self.answer_open}answer{self.answer_close}."
+        )
+
+    def _step_action(self, command: str) -> tuple[str, float, bool, dict[str, Any]]:
+        kind, _, payload = command.partition("\n")
+        if kind == _CODE:
+            return self._run_code(payload)
+        score = self._score(payload)
+        won = score >= 1.0 - 1e-9
+        obs = (f"Final answer received: {payload[:200]!r}. "
+               + ("It is correct." if won else f"It scored {score:.2f} of 1."))
+        return obs, score, True, {
+            "won": won, "expert_action": None,
+            "metrics": {"code_calls": float(self._code_calls), "score": score},
+        }
+
+    def _run_code(self, code: str) -> tuple[str, float, bool, dict[str, Any]]:
+        self._code_calls += 1
+        if self._session is None:
+            self._session = self.sandbox.session()
+        result = self._session.run(code, timeout_s=self.code_timeout_s)
+        obs = format_execution(result, max_chars=self.max_tool_output_chars,
+                               header="Code Execution Results:")
+        left = self.max_code_calls - self._code_calls
+        if left == 0:
+            obs += (f"\n\n(That was your last code call. Give your final answer as "
+                    f"{self.answer_open}answer{self.answer_close}.)")
+        return obs, 0.0, False, {
+            "obs_role": "tool", "expert_action": self._expert(),
+            "metrics": {"code_calls": float(self._code_calls)},
+            "exec_status": result.status,
+        }
+
+    def _score(self, answer: str) -> float:
+        try:
+            score = float(self._dataset(self._task_name).score_answer(answer, self._entry))
+        except Exception:  # verifiers raise on malformed answers: that is a wrong answer
+            return 0.0
+        return score if math.isfinite(score) else 0.0
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        super().close()
