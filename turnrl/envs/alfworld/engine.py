@@ -152,10 +152,6 @@ class GameLoadError(RuntimeError):
 class AlfredEngine:
     """One ALFWorld game at a time, on the real engine.
 
-    Args:
-        facts: also return the world's facts in each state (ALFWorld's hand-coded expert
-            reads them; they cost time, so they are off unless asked for).
-
     Example:
         >>> engine = AlfredEngine()
         >>> engine.load("my-game", game_data)      # a game.tw-pddl dict
@@ -164,24 +160,17 @@ class AlfredEngine:
         >>> state["feedback"], state["admissible_commands"], state["won"]
     """
 
-    def __init__(self, *, facts: bool = False) -> None:
+    def __init__(self) -> None:
         require_engine()
         import textworld
         from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
 
-        infos = textworld.EnvInfos(admissible_commands=True, won=True, facts=facts)
+        infos = textworld.EnvInfos(admissible_commands=True, won=True)
         self._pddl = _make_warm_pddl_env(infos)
         self._env = AlfredDemangler(self._pddl, shuffle=False)
         self.game_key: Any = None
         self.state: Any = None
-
-    @property
-    def facts(self) -> bool:
-        return bool(self._pddl.request_infos.facts)
-
-    @facts.setter
-    def facts(self, value: bool) -> None:
-        self._pddl.request_infos.facts = bool(value)
+        self.closed = False
 
     def load(self, key: Any, game_data: Mapping[str, Any]) -> None:
         """Load a game (a ``game.tw-pddl`` dict), unless ``key`` is the game already loaded.
@@ -189,6 +178,8 @@ class AlfredEngine:
         Raises:
             GameLoadError: the planner cannot load it (typically: unsolvable).
         """
+        if self.closed:
+            raise RuntimeError("this ALFWorld engine is closed; make a new env")
         if key is not None and key == self.game_key:
             return
         self.game_key = None
@@ -219,5 +210,14 @@ class AlfredEngine:
             return list(pddl._pddl_state.replan(pddl._entity_infos))
 
     def close(self) -> None:
+        """Free the planner's task memory. Idempotent; the engine cannot be used afterwards.
+
+        The library copy itself stays mapped: unloading it (``dlclose``) crashes the
+        interpreter at exit, because the C++ library registered exit handlers.
+        """
         self.game_key = None
         self.state = None
+        lib = getattr(self._pddl, "downward_lib", None)
+        if lib is not None and not self.closed:
+            lib.cleanup()
+        self.closed = True

@@ -4,12 +4,14 @@ The expert is ALFWorld's own (``alfworld.agents.expert.HandCodedTWAgent``): a pe
 policy that searches receptacles, takes the target, transforms it and puts it down. Three
 things are added around it:
 
-1. **Grammar.** It tracks puts by looking for ``put`` in the last command and proposes
-   ``move X to Y``. With the grammar bundled in alfworld 0.4.x the engine's command is
-   ``move X to Y``, so the expert would never empty its hands (and loops on pick-two
-   tasks); with the released ``json_2.1.1`` grammar its ``move`` proposals are not
-   admissible. We tell it every put as ``put X in/on Y`` and map its proposal onto the
-   game's admissible form (:func:`~turnrl.envs.alfworld.engine.canonical_command`).
+1. **Grammar.** It tracks puts by looking for ``put`` in the last command, but looks for
+   ``move X to Y`` among the admissible commands and proposes it. With the grammar bundled
+   in alfworld 0.4.x the engine's command is ``move X to Y``, so the expert would never
+   empty its hands (and loops on pick-two tasks); with the released ``json_2.1.1`` grammar
+   (``put X in/on Y``) it never sees that it could put, and wanders until a random
+   fallback happens to put. We tell it every put as ``put X in/on Y``, show it admissible
+   puts as ``move X to Y``, and map its proposal back onto the game's admissible form
+   (:func:`~turnrl.envs.alfworld.engine.canonical_command`).
 2. **Determinism.** It draws from Python's global ``random``; we run it on its own seeded
    stream and leave the caller's global state untouched.
 3. **Fallback.** When it proposes an inadmissible command, or gives up (its step budget,
@@ -23,11 +25,46 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from turnrl.envs.alfworld.engine import AlfredEngine, canonical_command
 
 __all__ = ["HandcodedExpert"]
+
+
+# The only predicates the hand-coded policies read ("holds agent mug 1", "ishot mug 1", ...).
+_EXPERT_PREDICATES = frozenset({"holds", "inreceptacle", "isclean", "ishot", "iscool"})
+
+
+class _Fact(NamedTuple):
+    name: str
+    names: tuple[str, ...]
+
+
+def _expert_view(state: Any) -> dict[str, Any]:
+    """What the hand-coded expert reads from a state, with only the facts it uses.
+
+    textworld's ``facts`` info converts every fact of the world (thousands on real scenes,
+    most of them ``canContain``) to readable names on every step; the policies look at five
+    predicates, so we convert just those from the raw facts the engine keeps anyway.
+    """
+    infos = state["_entity_infos"]
+    facts = [
+        _Fact(f.name, tuple(infos[v.name].name or v.name for v in f.arguments))
+        for f in state["_facts"] if f.name in _EXPERT_PREDICATES
+    ]
+    # The policies test "move X to Y" against the admissible commands: show puts that way.
+    admissible = [_as_move(c) for c in state["admissible_commands"]]
+    return {"feedback": state["feedback"], "admissible_commands": admissible,
+            "won": state["won"], "facts": facts}
+
+
+def _as_move(command: str) -> str:
+    """``put X in/on Y`` -> ``move X to Y``: the form the expert proposes and looks for."""
+    if command.startswith("put ") and " in/on " in command:
+        obj, _, recep = command[len("put "):].rpartition(" in/on ")
+        return f"move {obj} to {recep}"
+    return command
 
 
 def _as_put(command: str) -> str:
@@ -42,7 +79,7 @@ class HandcodedExpert:
     """Next-action oracle for one episode.
 
     Args:
-        engine: the engine the episode runs on (its ``facts`` must be on).
+        engine: the engine the episode runs on.
         fallback: ``"planner"`` (default) or ``"look"`` (ALFWorld's own behaviour) when
             the hand-coded policy has no admissible proposal.
         max_steps: the hand-coded policy's own step budget (ALFWorld uses 200).
@@ -98,7 +135,7 @@ class HandcodedExpert:
             return
         try:
             with self._own_random():
-                proposal = self._agent.act(state, 0, state["won"], _as_put(command))
+                proposal = self._agent.act(_expert_view(state), 0, state["won"], _as_put(command))
         except Exception:  # HandCodedAgentTimeout / Failed, or a heuristic tripping over a scene
             proposal = None
         if proposal is not None:

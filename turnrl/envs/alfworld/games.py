@@ -112,25 +112,20 @@ def play_expert(engine: AlfredEngine, traj_data: dict[str, Any], *, seed: int,
     ``max_steps``, else ``None``."""
     from turnrl.envs.alfworld.expert import HandcodedExpert
 
-    facts = engine.facts
-    engine.facts = True
-    try:
-        state = engine.reset()
-        if state["won"]:
-            return None
-        expert = HandcodedExpert(engine, fallback=fallback)
-        expert.reset(traj_data, state, seed=seed)
-        commands: list[str] = []
-        while len(commands) < max_steps:
-            command = expert.next_action()
-            state = engine.step(command)
-            commands.append(command)
-            if state["won"]:
-                return commands
-            expert.observe(state, command)
+    state = engine.reset()
+    if state["won"]:
         return None
-    finally:
-        engine.facts = facts
+    expert = HandcodedExpert(engine, fallback=fallback)
+    expert.reset(traj_data, state, seed=seed)
+    commands: list[str] = []
+    while len(commands) < max_steps:
+        command = expert.next_action()
+        state = engine.step(command)
+        commands.append(command)
+        if state["won"]:
+            return commands
+        expert.observe(state, command)
+    return None
 
 
 class GeneratedGames:
