@@ -37,7 +37,7 @@ register_suite(
 
 # ALFWorld: one entry per task type, on generated households (no download needed).
 # expert=True so that `turnrl eval alfworld --agent expert` works; the hand-coded expert
-# costs ~5-30% per step on generated rooms (measured in benchmarks/alfworld_env.py).
+# costs ~1-3% per step on generated rooms (measured in benchmarks/alfworld_env.py).
 _ALFWORLD_TASK_TYPES = (
     "pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
     "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep", "pick_two_obj_and_place",

@@ -71,8 +71,8 @@ class ALFWorldEnv(TextEnv):
         source: ``"auto"`` (official games when a data dir is known, else generated),
             ``"generated"`` or ``"official"``.
         expert: put ALFWorld's hand-coded expert's next command in
-            ``info["expert_action"]`` (else ``None``). It runs on every step (a few to
-            ~30% more time per step), so it is off for RL by default.
+            ``info["expert_action"]`` (else ``None``). It runs on every step (~1-3% more time
+            per step; the planner fallback is slower), so it is off by default.
         expert_fallback: ``"planner"`` (Fast Downward's next step when the hand-coded
             expert has no admissible proposal) or ``"look"`` (ALFWorld's behaviour).
         num_receptacles: generated rooms: an int or a ``(low, high)`` range (default 8-14).
