@@ -120,3 +120,14 @@ def test_crashed_env_marks_episode_and_continues():
     assert EnvResult.from_trajectories("f", trajs).failed == 1
     with pytest.raises(OSError):
         collect(lambda: Flaky(), ExpertAgent(), [2], on_error="raise")
+
+
+def test_expert_switch_is_turned_on_only_for_agents_that_need_it():
+    from turnrl.envs.registry import kwargs_for_agent
+
+    assert kwargs_for_agent("turnrl/ALFWorld-v0", {"task_types": ["x"]}, ExpertAgent()) == {
+        "task_types": ["x"], "expert": True}
+    assert kwargs_for_agent("turnrl/ALFWorld-v0", {}, RandomAgent()) == {}
+    assert kwargs_for_agent("turnrl/ALFWorld-v0", {"expert": False}, ExpertAgent()) == {
+        "expert": False}  # an explicit choice wins
+    assert kwargs_for_agent("turnrl/GuessEval-v0", {}, ExpertAgent()) == {}  # no switch

@@ -63,6 +63,8 @@ class ExpertAgent:
     """
 
     name = "expert"
+    #: Envs with an ``expert`` switch turn their oracle on for this agent.
+    needs_expert = True
 
     def __init__(self, fallback: str | None = None) -> None:
         self.fallback = fallback

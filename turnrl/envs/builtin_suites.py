@@ -36,8 +36,9 @@ register_suite(
 )
 
 # ALFWorld: one entry per task type, on generated households (no download needed).
-# expert=True so that `turnrl eval alfworld --agent expert` works; the hand-coded expert
-# costs ~1-3% per step on generated rooms (measured in benchmarks/alfworld_env.py).
+# The expert is off in the suite (RL rollouts never pay for it); agents that read
+# info["expert_action"] (the expert baseline, SFT data) switch it on through
+# turnrl.envs.registry.kwargs_for_agent.
 _ALFWORLD_TASK_TYPES = (
     "pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
     "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep", "pick_two_obj_and_place",
@@ -47,7 +48,7 @@ _ALFWORLD_EVAL_SEEDS = tuple(range(100_000, 100_020))
 register_suite(
     "alfworld",
     [
-        SuiteEntry("turnrl/ALFWorld-v0", {"task_types": [t], "expert": True},
+        SuiteEntry("turnrl/ALFWorld-v0", {"task_types": [t]},
                    TRAIN_SEEDS, _ALFWORLD_EVAL_SEEDS, name=t)
         for t in _ALFWORLD_TASK_TYPES
     ],
@@ -58,7 +59,7 @@ register_suite(
 register_suite(
     "alfworld-unseen",
     [
-        SuiteEntry("turnrl/ALFWorld-v0", {"task_types": [t], "split": "valid_unseen", "expert": True},
+        SuiteEntry("turnrl/ALFWorld-v0", {"task_types": [t], "split": "valid_unseen"},
                    (), _ALFWORLD_EVAL_SEEDS, name=t)
         for t in _ALFWORLD_TASK_TYPES
     ],

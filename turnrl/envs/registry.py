@@ -37,7 +37,10 @@ from turnrl.errors import (
     did_you_mean,
 )
 
-__all__ = ["EnvSpec", "register", "make", "spec", "list_envs", "load_plugins", "ENTRY_POINT_GROUP"]
+__all__ = [
+    "EnvSpec", "register", "make", "spec", "list_envs", "load_plugins", "accepts_kwarg",
+    "kwargs_for_agent", "ENTRY_POINT_GROUP",
+]
 
 ENTRY_POINT_GROUP = "turnrl.envs"
 _ID_RE = re.compile(r"^(?P<ns>[A-Za-z][\w.-]*)/(?P<name>[A-Za-z][\w.]*)-v(?P<version>\d+)$")
@@ -240,6 +243,27 @@ def _check_kwargs(env_id: str, factory: Callable[..., Any], kwargs: dict[str, An
             f"{env_id} does not accept {', '.join(repr(k) for k in unknown)}.{hints} "
             f"Accepted keywords: {', '.join(accepted)}"
         )
+
+
+def accepts_kwarg(env_id: str, name: str) -> bool:
+    """Whether the env's entry point takes keyword ``name``."""
+    factory = spec(env_id).load()
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def kwargs_for_agent(env_id: str, kwargs: dict[str, Any], agent: Any) -> dict[str, Any]:
+    """Env kwargs adjusted for an agent: agents with ``needs_expert = True`` (the expert
+    baseline, SFT data collection) switch on ``expert=True`` where the env has that
+    switch and the caller did not set it, so oracles cost nothing in ordinary rollouts."""
+    kwargs = dict(kwargs)
+    if getattr(agent, "needs_expert", False) and "expert" not in kwargs:
+        if accepts_kwarg(env_id, "expert"):
+            kwargs["expert"] = True
+    return kwargs
 
 
 def list_envs() -> list[EnvSpec]:

@@ -70,8 +70,9 @@ class EnvMix:
             )]
         return cls(entries, seed)
 
-    def make_env_fn(self, entry: MixEntry) -> Callable[[], Any]:
-        return lambda: registry.make(entry.env_id, **entry.kwargs)
+    def make_env_fn(self, entry: MixEntry, agent: Any = None) -> Callable[[], Any]:
+        kwargs = registry.kwargs_for_agent(entry.env_id, entry.kwargs, agent)
+        return lambda: registry.make(entry.env_id, **kwargs)
 
     def sample_groups(self, n_groups: int) -> list[list[int]]:
         """Train seeds for ``n_groups`` episode groups, split by entry."""
@@ -89,7 +90,7 @@ class EnvMix:
         for entry, seeds in zip(self.entries, self.sample_groups(episodes // group_size), strict=True):
             if not seeds:
                 continue
-            trajs = collect(self.make_env_fn(entry), agent, seeds, env_id=entry.env_id,
+            trajs = collect(self.make_env_fn(entry, agent), agent, seeds, env_id=entry.env_id,
                             group_size=group_size, **kwargs)
             result.extend((entry.name, t) for t in trajs)
         return result
@@ -99,7 +100,7 @@ class EnvMix:
         result = []
         for entry in self.entries:
             seeds = list(entry.eval_seeds[:episodes])
-            trajs = collect(self.make_env_fn(entry), agent, seeds, env_id=entry.env_id, **kwargs)
+            trajs = collect(self.make_env_fn(entry, agent), agent, seeds, env_id=entry.env_id, **kwargs)
             result.extend((entry.name, t) for t in trajs)
         return result
 

@@ -26,6 +26,9 @@ class ExpertTokens:
             ``"Action: {action}"``.
     """
 
+    #: Envs with an ``expert`` switch turn their oracle on for this agent.
+    needs_expert = True
+
     def __init__(self, renderer: ChatRenderer, template: str = "{action}") -> None:
         if "{action}" not in template:
             raise ConfigError(f"template must contain '{{action}}', got {template!r}")
