@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: help venv system-deps test test-fast demo lint clean
 
 help:
-	@echo "make demo       set up, then evaluate random and expert agents on the TextWorld suite"
+	@echo "make demo       set up; baselines on the TextWorld suite; train a tiny model (SFT + PPO)"
 	@echo "make test       set up, then run the whole test suite (slow tests included)"
 	@echo "make test-fast  tests without the slow ones"
 	@echo "make lint       ruff"
@@ -44,11 +44,12 @@ test-fast: venv system-deps
 demo: venv
 	$(VENV)/bin/turnrl envs
 	@echo
-	@echo "== random agent on the TextWorld suite (10 games per challenge)"
-	$(VENV)/bin/turnrl eval textworld --agent random --episodes 10
+	@echo "== random and expert agents on the TextWorld suite (5 games per challenge)"
+	$(VENV)/bin/turnrl eval textworld --agent random --episodes 5
+	$(VENV)/bin/turnrl eval textworld --agent expert --episodes 5
 	@echo
-	@echo "== expert agent on the same games"
-	$(VENV)/bin/turnrl eval textworld --agent expert --episodes 10
+	@echo "== quickstart: tiny model from scratch, SFT on 8 expert episodes, then turn-level PPO"
+	$(VENV)/bin/turnrl train configs/quickstart.yaml run_dir=runs/quickstart-$$(date +%Y%m%d-%H%M%S)
 
 lint: venv
 	$(VENV)/bin/ruff check turnrl tests benchmarks

@@ -160,6 +160,7 @@ def evaluate(
     results = []
     for entry, seeds in resolve_target(target, episodes=episodes, seed=seed, env_kwargs=env_kwargs):
         kwargs = registry.kwargs_for_agent(entry.env_id, entry.kwargs, agent)
+        registry.prepare(entry.env_id, seeds, kwargs)
         trajectories = collect(
             lambda entry=entry, kwargs=kwargs: registry.make(entry.env_id, **kwargs),
             agent, seeds, env_id=entry.env_id, num_envs=num_envs, on_episode_end=on_episode_end,

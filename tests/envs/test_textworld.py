@@ -445,3 +445,30 @@ def test_close_stops_the_interpreter_and_warm_reset_reuses_it(games):
 
 def test_textworld_version_is_pinned():
     assert textworld.__version__ == "1.7.0"
+
+
+def test_progress_reward_is_potential_shaping():
+    """reward='progress': +coef for a step toward the goal, -coef for a step away, 0 for a
+    wall; the winning step also gets the score. The expert's return is 1 + coef * d0."""
+    env = turnrl.make("turnrl/TextWorld-v0", challenge="tw-coin_collector",
+                      settings={"level": 3}, reward="progress", progress_coef=0.1)
+    obs, info = env.reset(seed=5)
+    plan = len(env.unwrapped._state.get("policy_commands"))
+    total, steps = 0.0, 0
+    while True:
+        obs, r, term, trunc, info = env.step(info["expert_action"])
+        total += r
+        steps += 1
+        if term or trunc:
+            break
+    assert info["won"] and total == pytest.approx(1.0 + 0.1 * plan)
+    # one step forward (+0.1), then straight back (-0.1), then into a wall (0, invalid)
+    env.reset(seed=5)
+    forward = env.unwrapped._state.get("policy_commands")[0]
+    opposite = {"north": "south", "south": "north", "east": "west", "west": "east"}
+    assert env.step(forward)[1] == pytest.approx(0.1)
+    assert env.step("go " + opposite[forward.split()[-1]])[1] == pytest.approx(-0.1)
+    obs, r, *_, info = env.step("go " + opposite[forward.split()[-1]])
+    assert r == 0.0 and info["invalid_action"]
+    with pytest.raises(turnrl.ConfigError, match="expert=True"):
+        turnrl.make("turnrl/TextWorld-v0", reward="progress", expert=False)

@@ -27,9 +27,18 @@ def load_model_and_tokenizer(
 
     ``dtype`` defaults to bfloat16 on CUDA and float32 on CPU.
     """
+    from pathlib import Path
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    local = Path(name_or_path).expanduser()
+    if local.exists() and not (local / "config.json").exists():
+        raise ConfigError(f"{name_or_path!r} is a local path without a config.json: not a "
+                          "saved Hugging Face model directory")
+    if not local.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
+        raise ConfigError(f"model directory {name_or_path!r} does not exist (and it is not "
+                          "a Hugging Face id of the form 'org/name')")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32

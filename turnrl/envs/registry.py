@@ -39,7 +39,7 @@ from turnrl.errors import (
 
 __all__ = [
     "EnvSpec", "register", "make", "spec", "list_envs", "load_plugins", "accepts_kwarg",
-    "kwargs_for_agent", "ENTRY_POINT_GROUP",
+    "kwargs_for_agent", "prepare", "ENTRY_POINT_GROUP",
 ]
 
 ENTRY_POINT_GROUP = "turnrl.envs"
@@ -264,6 +264,16 @@ def kwargs_for_agent(env_id: str, kwargs: dict[str, Any], agent: Any) -> dict[st
         if accepts_kwarg(env_id, "expert"):
             kwargs["expert"] = True
     return kwargs
+
+
+def prepare(env_id: str, seeds: Any, kwargs: dict[str, Any] | None = None, *, workers: int = 2) -> None:
+    """Let an env get the episodes of ``seeds`` ready ahead of time, in parallel (e.g.
+    TextWorld generates and caches their games). Envs without a ``prepare`` classmethod
+    need nothing; this is then a no-op."""
+    factory = spec(env_id).load()
+    hook = getattr(factory, "prepare", None)
+    if callable(hook):
+        hook(list(seeds), workers=workers, **{**spec(env_id).defaults, **(kwargs or {})})
 
 
 def list_envs() -> list[EnvSpec]:

@@ -74,6 +74,16 @@ class EnvMix:
         kwargs = registry.kwargs_for_agent(entry.env_id, entry.kwargs, agent)
         return lambda: registry.make(entry.env_id, **kwargs)
 
+    def prepare(self, eval_episodes: int, *, max_train_seeds: int = 1000) -> None:
+        """Get episodes ready ahead of time (TextWorld: generate the games in parallel):
+        the eval seeds that will be played, and the train seeds when there are at most
+        ``max_train_seeds`` of them (larger pools are prepared lazily, as played)."""
+        for entry in self.entries:
+            seeds = list(entry.eval_seeds[:eval_episodes])
+            if len(entry.train_seeds) <= max_train_seeds:
+                seeds += list(entry.train_seeds)
+            registry.prepare(entry.env_id, seeds, entry.kwargs)
+
     def sample_groups(self, n_groups: int) -> list[list[int]]:
         """Train seeds for ``n_groups`` episode groups, split by entry."""
         picks = self.rng.choice(len(self.entries), size=n_groups, p=self.probs)

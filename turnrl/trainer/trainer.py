@@ -84,6 +84,7 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         self.envs = EnvMix.from_config(config.env, seed=config.seed)
+        self.envs.prepare(config.eval.episodes)  # e.g. generate TextWorld games in parallel
         model_path = self._model_path()
         r = config.rollout
         self.policy = HFPolicy(
@@ -94,6 +95,7 @@ class Trainer:
         self.device = self.policy.device
         self.algo = algorithms.get(config.algorithm.name)
         self.critic = self._build_critic(model_path) if self.algo.needs_critic else None
+        # The KL reference: the policy as RL starts (rebuilt after an SFT warm start).
         self.ref_model = self._build_reference() if config.algorithm.kl_coef > 0 else None
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
@@ -159,6 +161,9 @@ class Trainer:
 
     def train_rl(self) -> None:
         from tqdm import tqdm
+
+        if self.cfg.algorithm.kl_coef > 0 and self.update == 0:
+            self.ref_model = self._build_reference()  # the policy RL starts from (after SFT)
 
         total = self.cfg.total_updates
         bar = tqdm(total=total, initial=self.update, desc="rl", unit="update",

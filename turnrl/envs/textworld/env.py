@@ -23,8 +23,12 @@ can't see any such thing.") is the feedback -- and flagged ``info["invalid_actio
 
 Rewards: ``reward="score"`` gives the change of the game's score on each step (the
 intermediate points TextWorld awards for progress towards the goal); ``reward="won"``
-gives 1.0 on the winning step and 0 otherwise. ``terminated`` is set when the game is
-won or lost; ``truncated`` only by ``max_turns``.
+gives 1.0 on the winning step and 0 otherwise; ``reward="progress"`` adds to the score
+change a shaping term ``progress_coef * (d_before - d_after)``, where ``d`` is the length of
+TextWorld's winning command list from the current state: a step that brings the goal
+closer earns, one that leads away costs. It is potential-based shaping (Ng et al., 1999),
+so with ``gamma = 1`` it leaves the best policies unchanged; it needs ``expert=True``.
+``terminated`` is set when the game is won or lost; ``truncated`` only by ``max_turns``.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import textworld
 
 from turnrl.envs.base import InvalidAction, TextEnv
 from turnrl.envs.parsing import InvalidReply, extract_command
-from turnrl.envs.textworld.generation import GameCache, normalize_settings
+from turnrl.envs.textworld.generation import GameCache, normalize_settings, pregenerate
 from turnrl.errors import ConfigError
 
 __all__ = ["TextWorldEnv", "INSTRUCTIONS", "BLOCKED_COMMANDS", "clean_observation"]
@@ -120,8 +124,9 @@ class TextWorldEnv(TextEnv):
             retried with a derived seed).
         max_turns: turn budget (``truncated`` when reached).
         invalid_penalty: reward added on a turn whose command was invalid.
-        reward: ``"score"`` (per-step change of the game score) or ``"won"`` (1.0 on the
-            winning step).
+        reward: ``"score"`` (per-step change of the game score), ``"won"`` (1.0 on the
+            winning step) or ``"progress"`` (score change plus distance-to-goal shaping).
+        progress_coef: weight of the shaping term of ``reward="progress"``.
         expert: compute ``info["expert_action"]`` (TextWorld's winning policy from the
             current state); turning it off saves the planning cost on each step.
         max_obs_chars, max_action_chars, render_mode: see :class:`~turnrl.envs.base.TextEnv`.
@@ -149,6 +154,7 @@ class TextWorldEnv(TextEnv):
         max_turns: int = 50,
         invalid_penalty: float = 0.0,
         reward: str = "score",
+        progress_coef: float = 0.1,
         expert: bool = True,
         max_obs_chars: int = 16_384,
         max_action_chars: int = 16_384,
@@ -158,8 +164,11 @@ class TextWorldEnv(TextEnv):
             max_turns=max_turns, invalid_penalty=invalid_penalty, max_obs_chars=max_obs_chars,
             max_action_chars=max_action_chars, render_mode=render_mode,
         )
-        if reward not in ("score", "won"):
-            raise ConfigError(f"reward must be 'score' or 'won', got {reward!r}")
+        if reward not in ("score", "won", "progress"):
+            raise ConfigError(f"reward must be 'score', 'won' or 'progress', got {reward!r}")
+        if reward == "progress" and not expert:
+            raise ConfigError("reward='progress' measures the distance to the goal with the "
+                              "expert's plan: keep expert=True")
         if not isinstance(expert, bool):
             raise ConfigError(f"expert must be True or False, got {expert!r}")
         if (
@@ -183,6 +192,7 @@ class TextWorldEnv(TextEnv):
                 )
             self.challenge, self.settings = None, None
         self.reward_mode = reward
+        self.progress_coef = float(progress_coef)
         self.expert = expert
         self.generation_timeout_s = float(generation_timeout_s)
         self.cache = GameCache(cache_dir)
@@ -192,6 +202,27 @@ class TextWorldEnv(TextEnv):
         self._state: Any = None
         self._game_seed: int | None = None
         self._admissible: frozenset[str] = frozenset()
+
+    @classmethod
+    def prepare(
+        cls,
+        seeds: Sequence[int],
+        *,
+        workers: int = 2,
+        challenge: str = "tw-coin_collector",
+        settings: Mapping[str, Any] | None = None,
+        game_file: Any = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        generation_timeout_s: float = 120.0,
+        **_other_env_kwargs: Any,
+    ) -> None:
+        """Generate the games of ``seeds`` ahead of time, ``workers`` at once (called by
+        evaluation and training before they play; cached games cost nothing). Takes the
+        env's keyword arguments; those that do not affect the game are ignored."""
+        if game_file is not None:
+            return
+        pregenerate(challenge, settings, seeds, workers=workers, cache_dir=cache_dir,
+                    generation_timeout_s=generation_timeout_s)
 
     # ------------------------------------------------------------------ TextEnv API
     def _reset_episode(self, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -235,8 +266,13 @@ class TextWorldEnv(TextEnv):
         previous, admissible_before = self._state, self._admissible
         state, _, _ = self._tw.step(command)
         self._state = state
-        if self.reward_mode == "score":
+        if self.reward_mode in ("score", "progress"):
             reward = float((state.get("score") or 0) - (previous.get("score") or 0))
+            if self.reward_mode == "progress" and not state.get("lost"):
+                before = len(previous.get("policy_commands") or [])
+                after = 0 if state.get("won") else len(state.get("policy_commands") or [])
+                if before and (after or state.get("won")):
+                    reward += self.progress_coef * (before - after)
         else:
             reward = 1.0 if state.get("won") and not previous.get("won") else 0.0
         info = self._info(state)
