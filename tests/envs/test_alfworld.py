@@ -2,7 +2,7 @@
 demangler and hand-coded expert). No mocks.
 
 Fast by default; the 20-seeds-per-task-type sweep and the 24 official sample games are
-marked slow. Official-data tests use the sample at /work/shared/data (or
+marked slow. Official-data tests use the sample in ../shared/data beside the checkout (or
 $TURNRL_ALFWORLD_SAMPLE) and are skipped where it is absent.
 """
 
@@ -34,8 +34,9 @@ from turnrl.envs.alfworld.generator import (  # noqa: E402
 from turnrl.envs.alfworld.tasks import TASK_TYPES  # noqa: E402
 from turnrl.errors import ConfigError  # noqa: E402
 
-SAMPLE = Path(os.environ.get("TURNRL_ALFWORLD_SAMPLE",
-                             "/work/shared/data/alfworld-json_2.1.1-sample"))
+# The sample ships in the project's shared/ folder, beside the checkout.
+_BESIDE = Path(__file__).resolve().parents[3] / "shared" / "data" / "alfworld-json_2.1.1-sample"
+SAMPLE = Path(os.environ.get("TURNRL_ALFWORLD_SAMPLE", str(_BESIDE)))
 needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"no ALFWorld sample at {SAMPLE}")
 FUZZ = ["", "   \n\t  ", "y" * 100_000, "😀 ünïcödé ✓ 你好", "\x00\x07\x1b[2J\x7f", "Action:",
         "\r\n\r\n", "Action: \x00"]
