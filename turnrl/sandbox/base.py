@@ -237,6 +237,17 @@ class Sandbox(abc.ABC):
     def _timeout(self, timeout_s: float | None) -> float:
         return check_timeout(timeout_s, self.limits.wall_time_s)
 
+    def _check_run_args(
+        self, code: str, language: str, timeout_s: float | None,
+        files: Mapping[str, str | bytes] | None, stdin: str | bytes | None,
+    ) -> tuple[str, float, dict[str, bytes], bytes]:
+        """Validate :meth:`run`'s arguments: ``(program file name, timeout, files as
+        bytes, stdin as bytes)``; a bad one raises :class:`ConfigError`."""
+        if not isinstance(code, str):
+            raise ConfigError(f"code must be a str, got {type(code).__name__}")
+        return (check_language(language), self._timeout(timeout_s), check_files(files),
+                encode_stdin(stdin))
+
 
 def check_timeout(timeout_s: float | None, default: float) -> float:
     """``timeout_s`` as a float, or ``default`` when ``None``; raise on a bad value."""

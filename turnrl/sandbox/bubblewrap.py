@@ -44,10 +44,7 @@ from turnrl.sandbox.base import (
     Limits,
     Sandbox,
     SandboxUnavailable,
-    check_files,
-    check_language,
     classify,
-    encode_stdin,
 )
 from turnrl.sandbox.session import SERVER_SOURCE, Session, SubprocessChannel
 
@@ -204,12 +201,8 @@ class BubblewrapSandbox(Sandbox):
         stdin: str | bytes | None = None,
         files: Mapping[str, str | bytes] | None = None,
     ) -> ExecResult:
-        if not isinstance(code, str):
-            raise ConfigError(f"code must be a str, got {type(code).__name__}")
-        program_file = check_language(language)
-        timeout = self._timeout(timeout_s)
-        files_bytes = check_files(files)
-        stdin_bytes = encode_stdin(stdin)
+        program_file, timeout, files_bytes, stdin_bytes = self._check_run_args(
+            code, language, timeout_s, files, stdin)
         limits = self.limits
         fds: list[int] = []
         status_r = status_w = -1

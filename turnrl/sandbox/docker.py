@@ -30,10 +30,7 @@ from turnrl.sandbox.base import (
     Limits,
     Sandbox,
     SandboxUnavailable,
-    check_files,
-    check_language,
     classify,
-    encode_stdin,
 )
 from turnrl.sandbox.session import SERVER_SOURCE, Channel, Session
 
@@ -301,13 +298,11 @@ class DockerSandbox(Sandbox):
         stdin: str | bytes | None = None,
         files: Mapping[str, str | bytes] | None = None,
     ) -> ExecResult:
-        if not isinstance(code, str):
-            raise ConfigError(f"code must be a str, got {type(code).__name__}")
-        program_file = check_language(language)
-        timeout = self._timeout(timeout_s)
-        files_b64 = {k: base64.b64encode(v).decode() for k, v in check_files(files).items()}
+        program_file, timeout, files_bytes, stdin_bytes = self._check_run_args(
+            code, language, timeout_s, files, stdin)
+        files_b64 = {k: base64.b64encode(v).decode() for k, v in files_bytes.items()}
         files_b64[f"{CODE_DIR}/{program_file}"] = base64.b64encode(code.encode("utf-8", "surrogateescape")).decode()
-        stdin_b64 = base64.b64encode(encode_stdin(stdin)).decode()
+        stdin_b64 = base64.b64encode(stdin_bytes).decode()
         t0 = time.monotonic()
         why = self._ensure_image()
         if why:

@@ -20,17 +20,13 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 
-from turnrl.errors import ConfigError
 from turnrl.sandbox._proc import LAUNCH_FAILED, decode, launcher_argv, run_captured
 from turnrl.sandbox.base import (
     ExecResult,
     Limits,
     Sandbox,
     SandboxUnavailable,
-    check_files,
-    check_language,
     classify,
-    encode_stdin,
 )
 from turnrl.sandbox.session import SERVER_SOURCE, Session, SubprocessChannel
 
@@ -102,12 +98,8 @@ class ProcessSandbox(Sandbox):
         stdin: str | bytes | None = None,
         files: Mapping[str, str | bytes] | None = None,
     ) -> ExecResult:
-        if not isinstance(code, str):
-            raise ConfigError(f"code must be a str, got {type(code).__name__}")
-        program_file = check_language(language)
-        timeout = self._timeout(timeout_s)
-        files_bytes = check_files(files)
-        stdin_bytes = encode_stdin(stdin)
+        program_file, timeout, files_bytes, stdin_bytes = self._check_run_args(
+            code, language, timeout_s, files, stdin)
         try:
             scratch, marker = self._workdir()
         except OSError as exc:
