@@ -232,7 +232,7 @@ def test_reward_score_and_won(games):
      UnsupportedSettingsError, ["take >= 1"]),
     ({"challenge": "tw-cooking", "settings": {"split": "dev"}}, ConfigError, ["valid"]),
     ({"challenge": "tw-cooking", "settings": {"open": 1}}, ConfigError, ["[False, True]"]),
-    ({"reward": "points"}, ConfigError, ["'score' or 'won'"]),
+    ({"reward": "points"}, ConfigError, ["'score', 'won' or 'progress'"]),
     ({"expert": "yes"}, ConfigError, ["expert"]),
     ({"generation_timeout_s": 0}, ConfigError, ["> 0"]),
     ({"game_file": "/nonexistent/game.z8"}, ConfigError, ["does not exist"]),
