@@ -86,16 +86,30 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     written = []
     for stem, title, fragments in PLOT_GROUPS:
         keys = sorted({k for r in rows for k in r if any(f in k for f in fragments)
-                       and isinstance(r.get(k), (int, float))})
+                       and "_ci_" not in k and isinstance(r.get(k), (int, float))})
         keys = [k for k in keys if k not in ("step", "time_s")]
         if not keys:
             continue
         fig, ax = plt.subplots(figsize=(7, 4))
         for key in keys:
-            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-            if pts:
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, marker="o" if len(pts) < 30 else None, label=key)
+            train = [(r["step"], r[key]) for r in rows
+                     if not r["phase"].startswith("eval:") and isinstance(r.get(key), (int, float))]
+            if train:
+                xs, ys = zip(*train, strict=True)
+                ax.plot(xs, ys, label=key, alpha=0.8, marker="o" if len(train) < 30 else None)
+            # evaluations: one labelled point per phase (before, after_sft, after_rl, ...)
+            evals = [r for r in rows if r["phase"].startswith("eval:")
+                     and isinstance(r.get(key), (int, float))]
+            if evals:
+                ax.scatter([r["step"] for r in evals], [r[key] for r in evals], marker="D",
+                           s=36, zorder=3, label=f"{key} (held-out)")
+                for r in evals:
+                    low = r.get(key + "_ci_low")
+                    high = r.get(key + "_ci_high")
+                    if low is not None and high is not None:
+                        ax.vlines(r["step"], low, high, alpha=0.5)
+                    ax.annotate(r["phase"].split(":", 1)[1], (r["step"], r[key]),
+                                textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_title(title)
         ax.set_xlabel("update")
         ax.grid(alpha=0.3)
