@@ -94,3 +94,17 @@ def test_broken_plugin_warns_and_others_still_load(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "broken" in out.stderr and "no_such_module_xyz" in out.stderr
+
+
+def test_core_needs_no_torch():
+    """Envs and evaluation of non-torch agents never import torch or transformers."""
+    code = (
+        "import sys, turnrl\n"
+        "from turnrl.agents import RandomAgent\n"
+        "turnrl.evaluate('turnrl/TextWorld-v0', RandomAgent(seed=0), episodes=1,\n"
+        "                env_kwargs={'challenge': 'tw-coin_collector', 'settings': {'level': 1}})\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env={**os.environ})
+    assert out.returncode == 0, out.stderr
