@@ -177,8 +177,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from transformers.utils import logging as hf_logging
+
     from turnrl.trainer import Trainer, load_config
 
+    hf_logging.disable_progress_bar()  # weight-loading bars would bury turnrl's own progress
     if args.config and "=" in args.config and not Path(args.config).exists():
         args.overrides, args.config = [args.config, *args.overrides], None  # only overrides
     if args.resume:
