@@ -93,3 +93,86 @@ def test_masked_whiten():
     x = torch.tensor([1.0, 3.0, 100.0])
     out = masked_whiten(x, torch.tensor([1.0, 1.0, 0.0]))
     assert out.tolist() == pytest.approx([-1.0, 1.0, 0.0], abs=1e-4)
+
+
+# ---------------------------------------------------------------- RLOO and GRPO
+from turnrl.trainer.advantages import episode_returns, grpo_advantages, rloo_advantages  # noqa: E402
+
+
+def test_rloo_by_hand():
+    # group 0: R = 1, 0, 0, 1 -> A_i = R_i - mean of the other three
+    #   A0 = 1 - (0 + 0 + 1)/3 = 2/3; A1 = 0 - (1 + 0 + 1)/3 = -2/3; A2 = -2/3; A3 = 2/3
+    # group 1: R = 3, 5 -> A = 3 - 5 = -2, 5 - 3 = 2
+    returns = torch.tensor([1.0, 0.0, 0.0, 1.0, 3.0, 5.0])
+    adv = rloo_advantages(returns, [0, 0, 0, 0, 1, 1])
+    assert adv.tolist() == pytest.approx([2 / 3, -2 / 3, -2 / 3, 2 / 3, -2.0, 2.0])
+
+
+def test_rloo_groups_need_not_be_contiguous():
+    adv = rloo_advantages(torch.tensor([3.0, 1.0, 5.0, 1.0]), [7, 2, 7, 2])
+    assert adv.tolist() == pytest.approx([-2.0, 0.0, 2.0, 0.0])
+
+
+def test_grpo_by_hand():
+    # group: R = 1, 0, 0, 1: mean 0.5; sample std = sqrt(4 * 0.25 / 3) = 0.57735
+    #   A = +-0.5 / 0.57735 = +-0.866025
+    # group: R = 2, 2: equal returns -> 0 (no signal, no division blow-up)
+    returns = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0])
+    adv = grpo_advantages(returns, [0, 0, 0, 0, 1, 1])
+    assert adv.tolist() == pytest.approx([0.866025, -0.866025, -0.866025, 0.866025, 0.0, 0.0], abs=1e-5)
+
+
+def test_grpo_without_std_is_mean_centred_only():
+    # Dr. GRPO: R = 0.2, 0.0 -> A = 0.1, -0.1 (with the std: +-0.7071 whatever the scale)
+    returns = torch.tensor([0.2, 0.0])
+    assert grpo_advantages(returns, [0, 0], scale_by_std=False).tolist() == pytest.approx([0.1, -0.1])
+    assert grpo_advantages(returns, [0, 0]).tolist() == pytest.approx([0.70711, -0.70711], abs=1e-4)
+
+
+@pytest.mark.parametrize("fn", [rloo_advantages, grpo_advantages])
+def test_group_of_one_is_an_error(fn):
+    with pytest.raises(ValueError, match="fewer than 2 episodes.*group_size >= 2"):
+        fn(torch.tensor([1.0, 0.0, 1.0]), [0, 0, 1])
+
+
+def test_episode_returns_discount_per_turn_and_ignore_padding():
+    # row 0: 0 + 0.9 * 0 + 0.81 * 1 = 0.81; row 1: one turn, 2 (padding rewards ignored)
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [2.0, 9.0, 9.0]])
+    mask = torch.tensor([[1.0, 1, 1], [1, 0, 0]])
+    assert episode_returns(rewards, mask, 0.9).tolist() == pytest.approx([0.81, 2.0])
+
+
+def test_long_episodes_do_not_weigh_more_in_the_group_baseline():
+    # One group of three episodes with returns 1, 0, 0 but 1, 5 and 1 turns: the baseline
+    # is a mean over episodes (1/3), not over turns (1/7 if every turn counted once).
+    from turnrl.trainer.algorithms import get
+    from turnrl.trainer.config import AlgorithmConfig
+
+    rewards = torch.zeros(3, 5)
+    rewards[0, 0] = 1.0
+    mask = torch.zeros(3, 5)
+    mask[0, :1], mask[1, :5], mask[2, :1] = 1, 1, 1
+    cfg = AlgorithmConfig(name="grpo", gamma=1.0)
+    for name, expected in (("rloo", [1.0, -0.5, -0.5]),  # 1 - 0; 0 - (1 + 0)/2
+                           ("grpo", [1.1547, -0.57735, -0.57735])):  # (R - 1/3) / 0.57735
+        adv, ret = get(name).advantages(rewards=rewards, values=torch.zeros(3, 6), turn_mask=mask,
+                                        terminated=torch.ones(3, dtype=torch.bool),
+                                        groups=[0, 0, 0], cfg=cfg)
+        # every real turn of an episode carries that episode's advantage; padding is 0
+        assert adv[:, 0].tolist() == pytest.approx(expected, abs=1e-4)
+        assert adv[1].tolist() == pytest.approx([expected[1]] * 5, abs=1e-4)
+        assert adv[0, 1:].abs().sum() == 0 and adv[2, 1:].abs().sum() == 0
+        assert ret[:, 0].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_batch_normalisation_of_episode_advantages_counts_episodes():
+    # Episodes with advantages +1 (1 turn) and -1 (3 turns): over episodes the mean is 0
+    # and they stay symmetric; over turns the mean would be -0.5.
+    from turnrl.trainer.trainer import _whiten
+
+    adv = torch.tensor([[1.0, 0.0, 0.0], [-1.0, -1.0, -1.0]])
+    mask = torch.tensor([[1.0, 0, 0], [1, 1, 1]])
+    out = _whiten(adv, mask, per_episode=True)
+    assert out[0, 0].item() == pytest.approx(-out[1, 0].item())
+    assert out[1].tolist() == pytest.approx([out[1, 0].item()] * 3)
+    assert out[0, 1:].tolist() == [0.0, 0.0]

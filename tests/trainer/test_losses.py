@@ -77,3 +77,38 @@ def test_scrambling_masked_positions_changes_no_loss(agg):
     for a, b in zip(base, scrambled, strict=True):
         assert torch.isfinite(b)
         assert a.item() == pytest.approx(b.item(), rel=1e-6)
+
+
+def test_vldac_ratio_guard_drops_the_whole_turn():
+    # Sample row: turn 0 has tokens with ratios 1.0 and 12 (> 10), turn 1 has ratio 2.
+    # A = -1 everywhere. Without the guard PPO keeps the pessimistic unclipped term on
+    # ratio-12 (loss 12) and on ratio 2 (loss 2). With the guard every token of turn 0 uses
+    # the clipped term -A * clip(r, 0.9, 1.1): the ratio-12 token is clamped (no gradient),
+    # the ratio-1 token is inside the range (same as plain PPO); turn 1 is untouched.
+    logp = torch.tensor([[0.0, math.log(12.0), math.log(2.0), 0.0]], requires_grad=True)
+    old = torch.zeros(1, 4)
+    adv = -torch.ones(1, 4)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    turns = torch.tensor([[0, 0, 1, -1]])
+    plain, _ = policy_loss(logp, old, adv, mask, clip_low=0.1, clip_high=0.1, agg="token-mean")
+    # tokens: max(1, 1) = 1; max(12, 1.1) = 12; max(2, 1.1) = 2 -> mean 5
+    assert plain.item() == pytest.approx(5.0)
+    guarded, stats = policy_loss(logp, old, adv, mask, clip_low=0.1, clip_high=0.1,
+                                 ratio_guard=10.0, turn_index=turns)
+    # tokens: clip(1) = 1; clip(12) = 1.1; turn 1 unchanged: 2 -> mean 4.1 / 3
+    assert guarded.item() == pytest.approx(4.1 / 3)
+    assert stats["guard_frac"].item() == pytest.approx(2 / 3)
+    guarded.backward()
+    # d/dlogp of -A * r is r: 1/3 (token-mean over 3) on the in-range token, none on the
+    # clamped one; on turn 1 the unclipped term 2 -> 2/3
+    assert logp.grad[0].tolist() == pytest.approx([1 / 3, 0.0, 2 / 3, 0.0])
+
+
+def test_ratio_guard_ignores_masked_tokens_and_needs_turns():
+    # a huge ratio on a masked (observation) token must not trip the guard
+    logp = torch.tensor([[0.0, 50.0]])
+    loss, stats = policy_loss(logp, torch.zeros(1, 2), torch.ones(1, 2), torch.tensor([[1.0, 0.0]]),
+                              ratio_guard=10.0, turn_index=torch.tensor([[0, 0]]))
+    assert stats["guard_frac"].item() == 0.0 and loss.item() == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="turn_index"):
+        policy_loss(logp, torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2), ratio_guard=10.0)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["turn_gae", "spread_to_tokens", "masked_mean", "masked_whiten", "ESTIMATORS"]
+__all__ = [
+    "turn_gae", "episode_returns", "rloo_advantages", "grpo_advantages", "spread_to_tokens",
+    "masked_mean", "masked_whiten", "ESTIMATORS",
+]
 
 
 def turn_gae(
@@ -59,6 +62,70 @@ def turn_gae(
     return advantages, returns
 
 
+def episode_returns(rewards: torch.Tensor, turn_mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """``R_i = sum_t gamma^t r_{i,t}`` over the real turns of each episode: ``[B, T] -> [B]``."""
+    discount = gamma ** torch.arange(rewards.shape[1], dtype=rewards.dtype)
+    return (rewards * turn_mask.to(rewards.dtype) * discount).sum(dim=1)
+
+
+def _group_members(groups: list[int] | torch.Tensor, n: int, need: int) -> list[torch.Tensor]:
+    ids = torch.as_tensor(groups)
+    if ids.shape != (n,):
+        raise ValueError(f"groups must give one group id per episode ({n}), got shape "
+                         f"{tuple(ids.shape)}")
+    members = [torch.nonzero(ids == g).squeeze(1) for g in torch.unique(ids)]
+    small = [int(ids[m[0]]) for m in members if len(m) < need]
+    if small:
+        raise ValueError(f"groups {small} have fewer than {need} episodes; group-relative "
+                         f"advantages need rollout.group_size >= {need}")
+    return members
+
+
+def rloo_advantages(returns: torch.Tensor, groups: list[int] | torch.Tensor) -> torch.Tensor:
+    """REINFORCE leave-one-out: ``A_i = R_i - mean_{j != i, j in group(i)} R_j``.
+
+    One number per episode: its return against the mean of the other episodes of its
+    group (same env and seed). Every episode counts once, however many turns it has.
+
+    Args:
+        returns: ``[B]`` episode returns.
+        groups: ``[B]`` group id of each episode; every group needs >= 2 episodes.
+
+    Returns:
+        ``[B]`` advantages.
+    """
+    out = torch.zeros_like(returns)
+    for idx in _group_members(groups, returns.shape[0], need=2):
+        r = returns[idx]
+        out[idx] = r - (r.sum() - r) / (len(idx) - 1)
+    return out
+
+
+def grpo_advantages(
+    returns: torch.Tensor, groups: list[int] | torch.Tensor, *, scale_by_std: bool = True,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Group-relative advantages: ``(R_i - mean_g) / (std_g + eps)``.
+
+    ``std_g`` is the sample standard deviation (n - 1) of the group's returns; with
+    ``scale_by_std=False`` only the mean is subtracted (Dr. GRPO), so groups whose
+    returns barely differ are not blown up. A group with equal returns gets zeros.
+
+    Args:
+        returns: ``[B]`` episode returns.
+        groups: ``[B]`` group id of each episode; every group needs >= 2 episodes.
+
+    Returns:
+        ``[B]`` advantages.
+    """
+    out = torch.zeros_like(returns)
+    for idx in _group_members(groups, returns.shape[0], need=2):
+        r = returns[idx]
+        centred = r - r.mean()
+        out[idx] = centred / (r.std() + eps) if scale_by_std else centred
+    return out
+
+
 def spread_to_tokens(turn_values: torch.Tensor, turn_index: torch.Tensor) -> torch.Tensor:
     """Per-token copy of per-turn values.
 
@@ -95,5 +162,5 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> tor
     return (x - mean) * torch.rsqrt(var + eps) * mask.to(x.dtype)
 
 
-#: Estimators selectable by name in a config (``algorithm.advantage``).
-ESTIMATORS = {"gae": turn_gae}
+#: The estimators, by name.
+ESTIMATORS = {"gae": turn_gae, "rloo": rloo_advantages, "grpo": grpo_advantages}

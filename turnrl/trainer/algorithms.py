@@ -1,7 +1,8 @@
-"""Algorithm presets: each names its advantage estimator and whether it needs a critic.
+"""Algorithm presets: each names its advantage estimator and the critic it needs.
 
 Presets are leaf variants picked by name from a config (``algorithm.name``); the training
-loop is the same for all of them.
+loop is the same for all of them. Their default settings are in
+:data:`turnrl.trainer.config.PRESET_DEFAULTS`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 
 from turnrl.errors import ConfigError, did_you_mean
-from turnrl.trainer.advantages import turn_gae
+from turnrl.trainer.advantages import episode_returns, grpo_advantages, rloo_advantages, turn_gae
 
 __all__ = ["Algorithm", "get", "PRESETS"]
 
@@ -22,23 +23,47 @@ __all__ = ["Algorithm", "get", "PRESETS"]
 class Algorithm:
     name: str
     needs_critic: bool
-    #: (rewards, values, turn_mask, terminated, groups, gamma, lam) -> (advantages, returns)
+    #: (rewards, values, turn_mask, terminated, groups, cfg) -> (advantages, returns),
+    #: both ``[B, T]``; ``cfg`` is the :class:`~turnrl.trainer.config.AlgorithmConfig`.
     advantages: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    #: One advantage per episode (the same on all its turns): batch statistics are taken
+    #: over episodes, not turns.
+    per_episode: bool = False
     description: str = ""
 
 
-def _gae(*, rewards, values, turn_mask, terminated, groups: Any, gamma: float, lam: float):
-    return turn_gae(rewards, values, turn_mask, terminated, gamma=gamma, lam=lam)
+def _gae(*, rewards, values, turn_mask, terminated, groups: Any, cfg: Any):
+    return turn_gae(rewards, values, turn_mask, terminated, gamma=cfg.gamma, lam=cfg.lam)
 
 
-def _no_advantages(*, rewards, values, turn_mask, terminated, groups, gamma, lam):
+def _per_episode(estimator: Callable[..., torch.Tensor]) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """Episode return -> one advantage per episode, put on each of its real turns."""
+
+    def advantages(*, rewards, values, turn_mask, terminated, groups, cfg):
+        mask = turn_mask.to(rewards.dtype)
+        returns = episode_returns(rewards, turn_mask, cfg.gamma)
+        adv = estimator(returns, groups, cfg)
+        return adv[:, None] * mask, returns[:, None] * mask
+
+    return advantages
+
+
+def _no_advantages(*, rewards, values, turn_mask, terminated, groups, cfg):
     zeros = torch.zeros_like(rewards)
     return zeros, zeros
 
 
 PRESETS: dict[str, Algorithm] = {
-    "ppo": Algorithm("ppo", True, _gae, "turn-level PPO: critic + turn-level GAE"),
-    "sft": Algorithm("sft", False, _no_advantages, "masked NLL on expert episodes only"),
+    "ppo": Algorithm("ppo", True, _gae, description="turn-level PPO: critic + turn-level GAE"),
+    "vldac": Algorithm("vldac", True, _gae, description=(
+        "VL-DAC: turn-level GAE from a detached value head, token-level PPO (clip 0.1, "
+        "ratio guard), k3 KL to the reference")),
+    "rloo": Algorithm("rloo", False, _per_episode(lambda r, g, cfg: rloo_advantages(r, g)),
+                      per_episode=True, description="REINFORCE leave-one-out over episode groups"),
+    "grpo": Algorithm("grpo", False, _per_episode(
+        lambda r, g, cfg: grpo_advantages(r, g, scale_by_std=cfg.group_std)),
+        per_episode=True, description="group-relative: (R - mean) / std over episode groups"),
+    "sft": Algorithm("sft", False, _no_advantages, description="masked NLL on expert episodes only"),
 }
 
 

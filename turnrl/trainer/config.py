@@ -25,10 +25,33 @@ from turnrl.errors import ConfigError, did_you_mean
 __all__ = [
     "ModelConfig", "EnvConfig", "RolloutConfig", "AlgorithmConfig", "OptimConfig",
     "SFTConfig", "EvalConfig", "TrainConfig", "load_config", "apply_overrides",
-    "ALGORITHMS",
+    "ALGORITHMS", "PRESET_DEFAULTS", "LORA_KEYS",
 ]
 
-ALGORITHMS = ("ppo", "sft")
+ALGORITHMS = ("ppo", "vldac", "rloo", "grpo", "sft")
+
+#: What each preset fills in for the settings left null. The VL-DAC values follow Bredis
+#: et al. (2025) where the paper fixes them (clip 0.1, ratio guard 10, k3 KL to the
+#: reference, a detached MLP value head trained alone first); the warm-up length is ours,
+#: sized for runs of tens of updates. RLOO and GRPO have no critic; their advantages are
+#: statistics over the episodes of a group, so no further normalisation by default.
+PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ppo": {"clip_ratio": 0.2, "kl_coef": 0.0, "normalize_advantages": True,
+            "critic_warmup_updates": 0, "ratio_guard": 0.0, "critic": "separate"},
+    "vldac": {"clip_ratio": 0.1, "kl_coef": 0.04, "normalize_advantages": True,
+              "critic_warmup_updates": 2, "ratio_guard": 10.0, "critic": "head"},
+    "rloo": {"clip_ratio": 0.2, "kl_coef": 0.0, "normalize_advantages": False,
+             "critic_warmup_updates": 0, "ratio_guard": 0.0, "critic": "none"},
+    "grpo": {"clip_ratio": 0.2, "kl_coef": 0.0, "normalize_advantages": False,
+             "critic_warmup_updates": 0, "ratio_guard": 0.0, "critic": "none"},
+    "sft": {"clip_ratio": 0.2, "kl_coef": 0.0, "normalize_advantages": False,
+            "critic_warmup_updates": 0, "ratio_guard": 0.0, "critic": "none"},
+}
+#: Critics each preset allows.
+CRITICS: dict[str, tuple[str, ...]] = {
+    "ppo": ("separate", "shared", "head"), "vldac": ("head",),
+    "rloo": ("none",), "grpo": ("none",), "sft": ("none",),
+}
 
 
 @dataclass
@@ -44,9 +67,15 @@ class ModelConfig:
     dtype: str | None = None
     #: cpu | cuda | cuda:N; default CUDA when available.
     device: str | None = None
-    #: Critic for ppo: "separate" (own backbone + value head) or "shared" (value head on
-    #: the policy's last hidden state; value gradients also train the backbone).
-    critic: str = "separate"
+    #: Critic: "separate" (own backbone + value head; ppo's default), "shared" (linear
+    #: head on the policy's last hidden state; value gradients also train the backbone),
+    #: "head" (MLP on the detached last hidden state: value learning never moves the
+    #: policy; vldac), "none" (rloo, grpo, sft). Null: the preset's choice.
+    critic: str | None = None
+    #: LoRA adapters (peft) instead of full fine-tuning, e.g. ``{r: 8, alpha: 16,
+    #: dropout: 0.0, target_modules: all-linear}``; null trains every weight. With LoRA
+    #: the KL reference is the base with adapters disabled (no second copy in memory).
+    lora: dict[str, Any] | None = None
 
 
 @dataclass
@@ -91,11 +120,13 @@ class RolloutConfig:
 class AlgorithmConfig:
     """The update rule (a preset name plus its coefficients)."""
 
-    #: ppo | sft
+    #: ppo | vldac | rloo | grpo | sft. Settings left null take the preset's value
+    #: (:data:`PRESET_DEFAULTS`).
     name: str = "ppo"
+    #: Discount per turn (GAE; rloo/grpo discount an episode's return with it).
     gamma: float = 1.0
     lam: float = 0.95
-    clip_ratio: float = 0.2
+    clip_ratio: float | None = None
     #: Dual-clip constant (> 1) or null.
     dual_clip: float | None = None
     #: Value clip range, or null for unclipped.
@@ -103,16 +134,24 @@ class AlgorithmConfig:
     #: Weight of the value loss when the critic shares the policy's backbone.
     vf_coef: float = 0.5
     entropy_coef: float = 0.0
-    #: KL to the initial policy: coefficient (0 disables), estimator, and where it goes:
-    #: "reward" (k1 per token, summed per turn, subtracted from turn rewards) or "loss".
-    kl_coef: float = 0.0
+    #: KL to the reference (the policy RL starts from; with LoRA the base with adapters
+    #: off): coefficient (0 disables), estimator, and where it goes: "reward" (k1 per
+    #: token, summed per turn, subtracted from turn rewards) or "loss".
+    kl_coef: float | None = None
     kl_estimator: str = "k3"
     kl_in: str = "loss"
-    normalize_advantages: bool = True
+    #: Whiten advantages over the rollout batch (over turns for GAE presets, over
+    #: episodes for rloo/grpo).
+    normalize_advantages: bool | None = None
     #: token-mean | seq-mean-token-mean
     loss_agg: str = "token-mean"
     #: Updates that train the critic only, before the policy moves.
-    critic_warmup_updates: int = 0
+    critic_warmup_updates: int | None = None
+    #: VL-DAC's guard: where any importance ratio within a turn exceeds this, that turn's
+    #: tokens use only the clipped term (no gradient). 0 disables.
+    ratio_guard: float | None = None
+    #: grpo: divide by the group's standard deviation; false drops it (Dr. GRPO).
+    group_std: bool = True
 
 
 @dataclass
@@ -174,7 +213,18 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self.apply_preset()
         self.validate()
+
+    def apply_preset(self) -> None:
+        """Fill the settings left null with the algorithm preset's values."""
+        defaults = PRESET_DEFAULTS.get(self.algorithm.name)
+        if defaults is None:
+            return  # validate() reports the unknown name
+        for key, value in defaults.items():
+            section = self.model if key == "critic" else self.algorithm
+            if getattr(section, key) is None:
+                setattr(section, key, value)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -184,8 +234,16 @@ class TrainConfig:
         if not m.name_or_path and not m.tiny:
             e.append("model.name_or_path is empty: give a Hugging Face id / local dir, or "
                      "set model.tiny to build a tiny model")
-        if m.critic not in ("separate", "shared"):
-            e.append(f"model.critic must be 'separate' or 'shared', got {m.critic!r}")
+        allowed = CRITICS.get(a.name)
+        if allowed is not None and m.critic not in allowed:
+            e.append(f"model.critic {m.critic!r} does not go with algorithm {a.name}: "
+                     f"use {' or '.join(map(repr, allowed))} (or leave it null)")
+        if m.lora is not None:
+            unknown = sorted(set(m.lora) - set(LORA_KEYS))
+            if unknown:
+                e.append(f"model.lora has unknown keys {unknown}; valid keys: {', '.join(LORA_KEYS)}")
+            if not isinstance(m.lora.get("r", 8), int) or m.lora.get("r", 8) < 1:
+                e.append(f"model.lora.r must be an integer >= 1, got {m.lora.get('r')!r}")
         if bool(env.id) == bool(env.suite):
             e.append("set exactly one of env.id and env.suite")
         for name in ("train_seeds", "eval_seeds"):
@@ -212,6 +270,18 @@ class TrainConfig:
             e.append(f"algorithm.dual_clip must be > 1 or null, got {a.dual_clip}")
         if r.episodes_per_update < 1:
             e.append(f"rollout.episodes_per_update must be >= 1, got {r.episodes_per_update}")
+        if a.name in ("rloo", "grpo") and r.group_size < 2:
+            e.append(f"algorithm {a.name} compares episodes within a group of the same (env, "
+                     f"seed), so it needs rollout.group_size >= 2, got {r.group_size}: set e.g. "
+                     f"rollout.group_size=4 (rollout.episodes_per_update a multiple of it)")
+        if a.clip_ratio is not None and not 0 < a.clip_ratio < 1:
+            e.append(f"algorithm.clip_ratio must be in (0, 1), got {a.clip_ratio}")
+        if a.kl_coef is not None and a.kl_coef < 0:
+            e.append(f"algorithm.kl_coef must be >= 0, got {a.kl_coef}")
+        if a.ratio_guard is not None and a.ratio_guard != 0 and a.ratio_guard <= 1:
+            e.append(f"algorithm.ratio_guard must be > 1 (or 0 to disable), got {a.ratio_guard}")
+        if a.critic_warmup_updates is not None and a.critic_warmup_updates < 0:
+            e.append(f"algorithm.critic_warmup_updates must be >= 0, got {a.critic_warmup_updates}")
         if r.group_size < 1 or r.episodes_per_update % r.group_size:
             e.append(f"rollout.episodes_per_update ({r.episodes_per_update}) must be a multiple "
                      f"of rollout.group_size ({r.group_size})")
@@ -242,6 +312,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: Keys of ``model.lora``: rank, scaling alpha, dropout, and the modules to adapt
+#: ("all-linear" or a list of module names); peft's ``r``, ``lora_alpha``,
+#: ``lora_dropout``, ``target_modules``.
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str, errors: list[str]) -> Any:

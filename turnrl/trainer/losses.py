@@ -47,6 +47,8 @@ def policy_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     dual_clip: float | None = None,
+    ratio_guard: float | None = None,
+    turn_index: torch.Tensor | None = None,
     agg: str = "token-mean",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped PPO policy loss per token.
@@ -55,15 +57,25 @@ def policy_loss(
     With ``dual_clip = c > 1``, a negative-advantage token's loss is also capped at
     ``-c A`` (Ye et al., 2020), so a huge ratio cannot blow up the update.
 
+    With ``ratio_guard = g`` (VL-DAC), every token of a turn in which any ratio exceeds
+    ``g`` uses only the clipped term ``-clip(r) A``: its out-of-range tokens send no
+    gradient, instead of the pessimistic ``-r A`` that a negative advantage would
+    otherwise select for them.
+
     Args:
         logprobs, old_logprobs, advantages, mask: ``[B, S]``.
+        turn_index: ``[B, S]`` turn of each token (-1 outside actions); needed by
+            ``ratio_guard``.
 
     Returns:
-        ``(loss, stats)`` with stats ``clipfrac``, ``approx_kl`` (k3 of old vs new) and
-        ``ratio_max``, each a detached scalar over masked tokens.
+        ``(loss, stats)`` with stats ``clipfrac``, ``approx_kl`` (k3 of old vs new),
+        ``ratio_max`` and, with a guard, ``guard_frac`` (share of tokens in guarded
+        turns), each a detached scalar over masked tokens.
     """
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+    if ratio_guard and turn_index is None:
+        raise ValueError("ratio_guard needs turn_index (the turn of each token)")
     log_ratio = (logprobs - old_logprobs) * mask
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
@@ -72,13 +84,32 @@ def policy_loss(
     if dual_clip is not None:
         capped = torch.minimum(loss, -advantages * dual_clip)
         loss = torch.where(advantages < 0, capped, loss)
+    guarded = None
+    if ratio_guard:
+        guarded = _turns_over(ratio.detach(), mask, turn_index, ratio_guard)
+        loss = torch.where(guarded, clipped, loss)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),
             "approx_kl": masked_mean(torch.exp(-log_ratio) - 1 + log_ratio, mask),
             "ratio_max": torch.where(mask > 0, ratio, 1.0).max(),
         }
+        if guarded is not None:
+            stats["guard_frac"] = masked_mean(guarded.float(), mask)
     return aggregate(loss, mask, agg), stats
+
+
+def _turns_over(ratio: torch.Tensor, mask: torch.Tensor, turn_index: torch.Tensor,
+                limit: float) -> torch.Tensor:
+    """``[B, S]`` bool: the token belongs to a turn whose largest masked ratio exceeds
+    ``limit``."""
+    counted = (mask > 0) & (turn_index >= 0)
+    slot = torch.where(counted, turn_index + 1, 0).long()  # slot 0 collects the rest
+    per_turn = ratio.new_zeros(ratio.shape[0], int(slot.max()) + 1)
+    per_turn = per_turn.scatter_reduce(1, slot, torch.where(counted, ratio, 0.0), reduce="amax")
+    over = per_turn > limit
+    over[:, 0] = False
+    return torch.gather(over, 1, slot) & counted
 
 
 def value_loss(

@@ -1,10 +1,15 @@
 """The training loop.
 
-    rollout -> old logprobs and values -> turn advantages -> K epochs of minibatch
-    updates -> evaluate -> checkpoint
+    rollout -> old logprobs, values, reference logprobs -> turn advantages -> K epochs
+    of minibatch updates -> evaluate -> checkpoint -> (at the end) export the model
 
 Each step is a call to a small function; the math lives in
-:mod:`turnrl.trainer.advantages` and :mod:`turnrl.trainer.losses`.
+:mod:`turnrl.trainer.advantages` and :mod:`turnrl.trainer.losses`; the presets
+(``ppo``, ``vldac``, ``rloo``, ``grpo``, ``sft``) in :mod:`turnrl.trainer.algorithms`.
+
+The KL reference is the policy RL starts from (after any SFT warm start). Without LoRA
+it is a frozen copy, saved once to ``run_dir/reference`` so a resumed run keeps it; with
+LoRA it is the base model with the adapters switched off, so memory holds one base.
 """
 
 from __future__ import annotations
@@ -86,21 +91,23 @@ class Trainer:
         self.envs = EnvMix.from_config(config.env, seed=config.seed)
         self.envs.prepare(config.eval.episodes)  # e.g. generate TextWorld games in parallel
         model_path = self._model_path()
+        if resume and config.model.lora and (self.run_dir / "sft_model" / "config.json").exists():
+            model_path = str(self.run_dir / "sft_model")  # LoRA base after the SFT merge
         r = config.rollout
         self.policy = HFPolicy(
             model_path, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
             device=config.model.device, dtype=config.model.dtype, seed=config.seed,
         )
-        self.model, self.tokenizer = self.policy.model, self.policy.tokenizer
+        self.tokenizer = self.policy.tokenizer
+        self.lora = bool(config.model.lora)
+        self._set_model(self._with_lora(self.policy.model) if self.lora else self.policy.model)
         self.device = self.policy.device
         self.algo = algorithms.get(config.algorithm.name)
         self.critic = self._build_critic(model_path) if self.algo.needs_critic else None
         # The KL reference: the policy as RL starts (rebuilt after an SFT warm start).
-        self.ref_model = self._build_reference() if config.algorithm.kl_coef > 0 else None
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad],
-            lr=config.optim.lr, weight_decay=config.optim.weight_decay,
-        )
+        self.use_reference = config.algorithm.kl_coef > 0
+        self.ref_model = self._build_reference() if self.use_reference and not self.lora else None
+        self.optimizer = self._policy_optimizer()
         self.critic_optimizer = (
             torch.optim.AdamW(self.critic.parameters(), lr=config.optim.critic_lr)
             if self.critic is not None else None
@@ -127,11 +134,35 @@ class Trainer:
             tiny.make_tiny_model(path, texts, seed=self.cfg.seed, **t)
         return str(path)
 
+    def _set_model(self, model: Any) -> None:
+        self.model = model
+        self.policy.model = model  # rollouts sample from the model being trained
+
+    def _with_lora(self, model: Any) -> Any:
+        """Wrap ``model`` with fresh LoRA adapters (only they are trainable)."""
+        from peft import LoraConfig, get_peft_model
+
+        spec = dict(self.cfg.model.lora or {})
+        lora = LoraConfig(r=int(spec.get("r", 8)), lora_alpha=float(spec.get("alpha", 16)),
+                          lora_dropout=float(spec.get("dropout", 0.0)),
+                          target_modules=spec.get("target_modules", "all-linear"),
+                          task_type="CAUSAL_LM")
+        return get_peft_model(model, lora)
+
+    def _policy_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=self.cfg.optim.lr, weight_decay=self.cfg.optim.weight_decay,
+        )
+
     def _build_critic(self, model_path: str) -> torch.nn.Module:
-        if self.cfg.model.critic == "separate":
+        kind, hidden = self.cfg.model.critic, self.model.config.hidden_size
+        if kind == "separate":
             critic = ValueModel.from_pretrained(model_path)
+        elif kind == "head":  # VL-DAC: an MLP on the detached last hidden state
+            critic = ValueHead(hidden, hidden_dim=hidden, detach=True)
         else:
-            critic = ValueHead(self.model.config.hidden_size)
+            critic = ValueHead(hidden)
         return critic.to(self.device)
 
     def _build_reference(self) -> torch.nn.Module:
@@ -139,6 +170,15 @@ class Trainer:
         for p in ref.parameters():
             p.requires_grad_(False)
         return ref
+
+    def _reference_logprobs(self, batch: Batch) -> torch.Tensor:
+        """Logprobs of the KL reference: the frozen copy, or (LoRA) the adapter-free base."""
+        if self.lora:
+            with self.model.disable_adapter():
+                return token_logprobs(self.model, batch.input_ids, batch.attention_mask,
+                                      temperature=self.policy.temperature)["logprobs"]
+        return token_logprobs(self.ref_model, batch.input_ids, batch.attention_mask,
+                              temperature=self.policy.temperature)["logprobs"]
 
     # ================================================================ the run
     def fit(self) -> dict[str, dict[str, float]]:
@@ -156,14 +196,29 @@ class Trainer:
             results["after_rl"] = self.evaluate("after_rl")
         self.save()
         (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        self.export()
         self.logger.close()
         return results
+
+    def export(self, path: str | Path | None = None) -> Path:
+        """Save the trained policy as a plain Hugging Face model (default
+        ``run_dir/final_model``). LoRA adapters are merged into the base first, and the
+        trainer keeps the merged model."""
+        path = Path(path) if path is not None else self.run_dir / "final_model"
+        if self.lora:
+            self._set_model(self.model.merge_and_unload())
+            self.lora = False
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        return path
 
     def train_rl(self) -> None:
         from tqdm import tqdm
 
-        if self.cfg.algorithm.kl_coef > 0 and self.update == 0:
-            self.ref_model = self._build_reference()  # the policy RL starts from (after SFT)
+        if self.use_reference and self.update == 0 and not self.lora:
+            # The policy RL starts from (after SFT), kept on disk for a resumed run.
+            self.ref_model = self._build_reference()
+            self.ref_model.save_pretrained(self.run_dir / "reference")
 
         total = self.cfg.total_updates
         bar = tqdm(total=total, initial=self.update, desc="rl", unit="update",
@@ -195,7 +250,7 @@ class Trainer:
         # ---- old logprobs, values, reference
         scored = self._score(samples)
         # ---- advantages
-        turn_adv, returns, values = self._advantages(trajs, samples, scored)
+        turn_adv, returns, values = self._advantages(trajs, samples, scored, _group_ids(named))
         # ---- update
         t1 = time.time()
         stats = self._optimize(samples, scored, turn_adv, returns)
@@ -205,7 +260,7 @@ class Trainer:
         metrics = {
             **episode_metrics(named, "rollout"), **stats,
             "adv/mean": float(turn_adv[scored["turn_mask"] > 0].mean()),
-            "value/mean": float(values[:, :-1][scored["turn_mask"] > 0].mean()),
+            "adv/abs_mean": float(turn_adv[scored["turn_mask"] > 0].abs().mean()),
             "perf/rollout_s": t_rollout, "perf/update_s": t_update,
             "perf/action_tokens": float(n_tokens),
             "perf/train_tokens_per_s": sum(len(s) for s in samples) * cfg.optim.epochs_per_update
@@ -214,6 +269,8 @@ class Trainer:
             "logprob/rollout_vs_train_mean_abs": scored["mismatch_mean"],
             "logprob/rollout_vs_train_max_abs": scored["mismatch_max"],
         }
+        if self.critic is not None:
+            metrics["value/mean"] = float(values[:, :-1][scored["turn_mask"] > 0].mean())
         self.logger.log(self.update, metrics)
         if cfg.log_episodes:
             self.logger.log_episodes(self.update, trajs[: cfg.log_episodes], phase="train")
@@ -240,7 +297,7 @@ class Trainer:
             batch = collate(chunk, self.policy.pad_id).to(self.device)
             out = token_logprobs(self.model, batch.input_ids, batch.attention_mask,
                                  temperature=self.policy.temperature,
-                                 with_hidden=self._shared_critic())
+                                 with_hidden=self._critic_reads_hidden())
             for i, s in enumerate(chunk):
                 n = len(s)
                 old_logp.append(out["logprobs"][i, :n].cpu())
@@ -249,9 +306,8 @@ class Trainer:
                 mismatch.append(diff[mask])
             v = self._values(batch, out.get("hidden"))
             values.extend(v[i, : len(s.value_positions)].cpu() for i, s in enumerate(chunk))
-            if self.ref_model is not None:
-                ref = token_logprobs(self.ref_model, batch.input_ids, batch.attention_mask,
-                                     temperature=self.policy.temperature)["logprobs"]
+            if self.use_reference:
+                ref = self._reference_logprobs(batch)
                 ref_logp.extend(ref[i, : len(s)].cpu() for i, s in enumerate(chunk))
         self.model.train()
         diffs = torch.cat(mismatch) if mismatch else torch.zeros(1)
@@ -259,7 +315,8 @@ class Trainer:
                 "mismatch_mean": float(diffs.mean()) if diffs.numel() else 0.0,
                 "mismatch_max": float(diffs.max()) if diffs.numel() else 0.0}
 
-    def _shared_critic(self) -> bool:
+    def _critic_reads_hidden(self) -> bool:
+        """The critic is a head on the policy's hidden states (shared or detached)."""
         return self.critic is not None and isinstance(self.critic, ValueHead)
 
     def _values(self, batch: Batch, hidden: torch.Tensor | None) -> torch.Tensor:
@@ -272,9 +329,13 @@ class Trainer:
             per_token = self.critic(batch.input_ids, batch.attention_mask)
         return gather_values(per_token, batch.value_positions, batch.value_mask)
 
-    def _advantages(self, trajs: list[Trajectory], samples: list[Sample], scored: dict[str, Any]
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-turn advantages ``[N, T]``, returns ``[N, T]`` and values ``[N, T + 1]``."""
+    def _advantages(self, trajs: list[Trajectory], samples: list[Sample], scored: dict[str, Any],
+                    groups: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-turn advantages ``[N, T]``, returns ``[N, T]`` and values ``[N, T + 1]``.
+
+        ``groups``: group id of each trajectory (episodes of one (env, seed) group share
+        one); default: the trajectories' own group indices.
+        """
         a = self.cfg.algorithm
         n, t_max = len(trajs), max(1, max(t.num_turns for t in trajs))
         rewards = torch.zeros(n, t_max)
@@ -295,15 +356,14 @@ class Trainer:
                     filled[s.trajectory, turn] = True
         if scored["ref_logp"] is not None and a.kl_in == "reward":
             rewards = rewards - a.kl_coef * self._turn_kl(samples, scored, n, t_max)
-        groups = [t.group if t.group is not None else i for i, t in enumerate(trajs)]
+        if groups is None:
+            groups = [t.group if t.group is not None else -1 - i for i, t in enumerate(trajs)]
         adv, returns = self.algo.advantages(
             rewards=rewards, values=values, turn_mask=turn_mask, terminated=terminated,
-            groups=groups, gamma=a.gamma, lam=a.lam,
+            groups=groups, cfg=a,
         )
-        if a.normalize_advantages and turn_mask.sum() > 1:
-            real = turn_mask > 0
-            std = adv[real].std()
-            adv = torch.where(real, (adv - adv[real].mean()) / (std + 1e-8), adv)
+        if a.normalize_advantages:
+            adv = _whiten(adv, turn_mask, per_episode=self.algo.per_episode)
         scored["turn_mask"] = turn_mask
         scored["num_turns"] = [t.num_turns for t in trajs]
         return adv * turn_mask, returns, values
@@ -321,7 +381,7 @@ class Trainer:
     def _optimize(self, samples: list[Sample], scored: dict[str, Any], turn_adv: torch.Tensor,
                   returns: torch.Tensor) -> dict[str, float]:
         o, a = self.cfg.optim, self.cfg.algorithm
-        train_policy = self.update >= a.critic_warmup_updates
+        train_policy = self.update >= a.critic_warmup_updates  # VL-DAC: value head first
         sums: dict[str, float] = {}
         count = 0
         order_rng = np.random.default_rng(self.cfg.seed * 100_003 + self.update)
@@ -352,11 +412,12 @@ class Trainer:
             adv_tokens = _spread(turn_adv[traj], batch.turn_index.cpu()).to(self.device)
             out = token_logprobs(self.model, batch.input_ids, batch.attention_mask,
                                  temperature=self.policy.temperature, with_entropy=True,
-                                 with_hidden=self._shared_critic())
+                                 with_hidden=self._critic_reads_hidden())
             mask = batch.loss_mask
             pg, pg_stats = policy_loss(out["logprobs"], old, adv_tokens, mask,
                                        clip_low=a.clip_ratio, clip_high=a.clip_ratio,
-                                       dual_clip=a.dual_clip, agg=a.loss_agg)
+                                       dual_clip=a.dual_clip, ratio_guard=a.ratio_guard or None,
+                                       turn_index=batch.turn_index, agg=a.loss_agg)
             entropy = aggregate(out["entropy"], mask, a.loss_agg)
             loss = pg - a.entropy_coef * entropy
             if scored["ref_logp"] is not None:
@@ -368,7 +429,9 @@ class Trainer:
             v_loss = self._value_loss(batch, out.get("hidden"), mb, samples, scored, returns)
             total = (loss if train_policy else loss * 0.0)
             if v_loss is not None:
-                total = total + (a.vf_coef if self._shared_critic() else 1.0) * v_loss
+                # vf_coef weighs value against policy gradients in a shared backbone; a
+                # separate critic or a detached head has its own optimizer and lr.
+                total = total + (a.vf_coef if self.cfg.model.critic == "shared" else 1.0) * v_loss
                 acc["value_loss"] = acc.get("value_loss", 0.0) + float(v_loss.detach()) / len(micro)
             if not torch.isfinite(total):
                 acc["nan_skipped"] = 1.0
@@ -385,7 +448,8 @@ class Trainer:
         if train_policy:
             self.optimizer.step()
         if self.critic_optimizer is not None:
-            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), o.max_grad_norm)
+            acc["critic_grad_norm"] = float(
+                torch.nn.utils.clip_grad_norm_(self.critic.parameters(), o.max_grad_norm))
             self.critic_optimizer.step()
         acc["nan_skipped"] = acc.get("nan_skipped", 0.0)
         return acc
@@ -446,7 +510,19 @@ class Trainer:
             losses.append(float(np.mean(epoch_loss)))
             self.logger.log(epoch, {"sft/sft_loss": losses[-1]}, phase="sft")
         self.phase_done["sft_epochs"] = s_cfg.epochs
+        if self.lora:
+            self._merge_sft_adapters()
         return {"sft_loss": losses[-1] if losses else math.nan, "sft_samples": len(samples)}
+
+    def _merge_sft_adapters(self) -> None:
+        """Fold the SFT adapters into the base and start RL with fresh ones, so the KL
+        reference (adapters off) is the post-SFT policy, as it is without LoRA. The merged
+        base is saved to ``run_dir/sft_model`` for a resumed run."""
+        base = self.model.merge_and_unload()
+        base.save_pretrained(self.run_dir / "sft_model")
+        self.tokenizer.save_pretrained(self.run_dir / "sft_model")
+        self._set_model(self._with_lora(base))
+        self.optimizer = self._policy_optimizer()
 
     # ================================================================ evaluation
     def evaluate(self, label: str) -> dict[str, float]:
@@ -486,8 +562,18 @@ class Trainer:
         from transformers import AutoModelForCausalLM
 
         state = load_checkpoint(path)
-        loaded = AutoModelForCausalLM.from_pretrained(path / "model", dtype=self.model.dtype)
-        self.model.load_state_dict(loaded.state_dict())
+        if self.lora:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(self.model, load_file(path / "model" / "adapter_model.safetensors"))
+        else:
+            loaded = AutoModelForCausalLM.from_pretrained(path / "model", dtype=self.model.dtype)
+            self.model.load_state_dict(loaded.state_dict())
+            if self.use_reference and (self.run_dir / "reference" / "config.json").exists():
+                ref = AutoModelForCausalLM.from_pretrained(self.run_dir / "reference",
+                                                           dtype=self.model.dtype)
+                self.ref_model.load_state_dict(ref.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         if self.critic is not None and state.get("critic") is not None:
             self.critic.load_state_dict(state["critic"])
@@ -503,6 +589,28 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _group_ids(named: list[tuple[str, Trajectory]]) -> list[int]:
+    """One integer per trajectory, shared by the episodes of one (entry, seed) group.
+    Ungrouped episodes (``group is None``) each get their own id."""
+    ids: dict[Any, int] = {}
+    out = []
+    for i, (name, traj) in enumerate(named):
+        key = (name, traj.group) if traj.group is not None else ("", -1 - i)
+        out.append(ids.setdefault(key, len(ids)))
+    return out
+
+
+def _whiten(adv: torch.Tensor, turn_mask: torch.Tensor, *, per_episode: bool) -> torch.Tensor:
+    """Normalise advantages over the batch: over real turns, or over episodes when each
+    episode has one advantage (then long episodes do not weigh more)."""
+    real = turn_mask > 0
+    values = adv[:, 0][real[:, 0]] if per_episode else adv[real]
+    if values.numel() < 2:
+        return adv
+    out = (adv - values.mean()) / (values.std() + 1e-8)
+    return torch.where(real, out, adv)
 
 
 def _pad(rows: list[torch.Tensor], width: int) -> torch.Tensor:
