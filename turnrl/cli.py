@@ -148,7 +148,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     env_kwargs = _parse_env_args(args.env_arg)
     pairs = resolve_target(args.target, episodes=args.episodes, seed=args.seed, env_kwargs=env_kwargs)
-    agent_kwargs: dict[str, Any] = {"seed": args.seed} if args.agent == "random" else {}
+    agent_kwargs: dict[str, Any] = (
+        {"seed": args.seed} if args.agent in ("random", "dispatch_random")
+        or args.agent.startswith("hf:") else {})
     agent = make_agent(args.agent, **agent_kwargs)
     total = sum(len(seeds) for _, seeds in pairs)
     with tqdm(total=total, desc=f"eval {args.agent} on {args.target}", unit="ep",
@@ -259,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate an agent's success rate on an env or suite")
     p.add_argument("target", help="environment id or suite name (see `turnrl envs`)")
-    p.add_argument("--agent", default="random", help="agent: random | expert")
+    p.add_argument("--agent", default="random", help="agent: random | expert | scripted_code | dispatch_random | dispatch_greedy | "
+                   "dispatch_matching | hf:MODEL (a Hugging Face id "
+                   "or a saved model directory, e.g. a run's final_model; greedy decoding)")
     p.add_argument("--episodes", type=int, default=None,
                    help="episodes per env (suite default: all eval seeds; env default: 10)")
     p.add_argument("--seed", type=int, default=0,

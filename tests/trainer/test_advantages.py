@@ -157,7 +157,7 @@ def test_long_episodes_do_not_weigh_more_in_the_group_baseline():
                            ("grpo", [1.1547, -0.57735, -0.57735])):  # (R - 1/3) / 0.57735
         adv, ret = get(name).advantages(rewards=rewards, values=torch.zeros(3, 6), turn_mask=mask,
                                         terminated=torch.ones(3, dtype=torch.bool),
-                                        groups=[0, 0, 0], cfg=cfg)
+                                        groups=[0, 0, 0], turn_groups=None, cfg=cfg)
         # every real turn of an episode carries that episode's advantage; padding is 0
         assert adv[:, 0].tolist() == pytest.approx(expected, abs=1e-4)
         assert adv[1].tolist() == pytest.approx([expected[1]] * 5, abs=1e-4)
@@ -176,3 +176,22 @@ def test_batch_normalisation_of_episode_advantages_counts_episodes():
     assert out[0, 0].item() == pytest.approx(-out[1, 0].item())
     assert out[1].tolist() == pytest.approx([out[1, 0].item()] * 3)
     assert out[0, 1:].tolist() == [0.0, 0.0]
+
+
+def test_ospo_by_hand():
+    from turnrl.trainer.advantages import ospo_advantages
+
+    # Episode 0: round 0 has decisions with rewards 1, 0, 2 (turns 0-2); round 1 one decision
+    # (turn 3). Episode 1: round 0 has rewards 3, 1 (turns 0-1), then padding.
+    #   group (ep 0, round 0): mean 1, sample std 1 -> A = 0, -1, 1
+    #   group (ep 0, round 1): one decision -> 0 (nobody to compare with)
+    #   group (ep 1, round 0): mean 2, sample std sqrt(2) -> A = +-0.70711
+    rewards = torch.tensor([[1.0, 0.0, 2.0, 5.0], [3.0, 1.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1, 1, 1], [1, 1, 0, 0]])
+    groups = torch.tensor([[0, 0, 0, 1], [2, 2, -1, -1]])
+    adv = ospo_advantages(rewards, mask, groups)
+    assert adv[0].tolist() == pytest.approx([0.0, -1.0, 1.0, 0.0], abs=1e-5)
+    assert adv[1].tolist() == pytest.approx([0.70711, -0.70711, 0.0, 0.0], abs=1e-5)
+    # without the std: centred rewards only
+    plain = ospo_advantages(rewards, mask, groups, scale_by_std=False)
+    assert plain[1, :2].tolist() == pytest.approx([1.0, -1.0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -193,6 +194,15 @@ def test_lora_reference_is_the_base_and_memory_holds_one_copy(tmp_path, tiny_gue
         got = token_logprobs(merged, batch.input_ids, batch.attention_mask)["logprobs"]
     assert torch.allclose(got[mask], policy[mask], atol=1e-4)
     assert not any("lora" in k for k in merged.state_dict())
+    # ... which `turnrl eval --agent hf:DIR` plays
+    from turnrl.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", "turnrl/WordCount-v0", "--agent", f"hf:{path}", "--episodes", "3",
+                 "--json", str(out), "--quiet"]) == 0
+    row = json.loads(out.read_text())[0]
+    assert row["env"] == "turnrl/WordCount-v0" and row["episodes"] == 3
+    assert row["mean_turns"] == 2  # WordCount always runs its two turns
 
 
 def test_lora_sft_warm_start_becomes_the_reference(tmp_path, tiny_guess_model):
@@ -250,3 +260,36 @@ def _ids(samples, trainer):
 
 def _params_all(module):
     return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+# ---------------------------------------------------------------- ospo on the driver view
+def test_ospo_smoke_on_the_dispatch_driver_view(tmp_path):
+    pytest.importorskip("scipy")
+    settings = "{grid: 5, drivers: 4, rounds: 4, orders: 16}"
+    cfg = load_config(None, [
+        "model.tiny={hidden_size: 64, num_layers: 2, vocab_size: 300, corpus_seeds: 4}",
+        "env.id=turnrl/RideDispatchDriver-v0",
+        f"env.kwargs={{settings: {settings}, decisions_per_round: 2}}",
+        "algorithm.name=ospo", "rollout.episodes_per_update=4", "rollout.max_new_tokens=4",
+        "rollout.num_envs=4", "total_updates=1", f"run_dir={tmp_path / 'run'}",
+        "eval.episodes=2", "progress=false", "optim.lr=1e-3", "optim.minibatch_size=2",
+        "optim.micro_batch_size=2", "sft.episodes=4", "sft.epochs=30", "sft.lr=3e-3",
+    ])
+    trainer = Trainer(cfg)
+    assert trainer.critic is None
+    trainer.train_sft()  # enough to reply "O3" / "wait" sometimes: rewards then differ
+    named = trainer._rollout()
+    trajs = [t for _, t in named]
+    assert all("turn_group" in turn.info for t in trajs for turn in t.turns)
+    before = _params(trainer.model)
+    metrics = trainer.rl_update()
+    assert torch.isfinite(torch.tensor(metrics["policy_loss"]))
+    assert metrics["adv/abs_mean"] > 0
+    assert _moved(before, trainer.model) == set(before)
+
+
+def test_ospo_needs_turn_groups(tmp_path, tiny_guess_model):
+    trainer = Trainer(config(tmp_path, tiny_guess_model, "algorithm.name=ospo",
+                             "rollout.group_size=1"))
+    with pytest.raises(ConfigError, match="info\\['turn_group'\\].*RideDispatchDriver"):
+        trainer.rl_update()

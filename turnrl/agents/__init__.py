@@ -17,11 +17,28 @@ AGENTS = {"random": RandomAgent, "expert": ExpertAgent, "scripted_code": Scripte
 
 
 def make_agent(name: str, **kwargs: Any) -> Agent:
-    """Build an agent by name (``"random"``, ``"expert"``)."""
+    """Build an agent by name (``"random"``, ``"expert"``, ``"scripted_code"``,
+    ``"dispatch_greedy"`` and the other ride-dispatch baselines), or a
+    Hugging Face policy from ``"hf:ID_OR_DIR"`` (e.g. a run's ``final_model``), which
+    decodes greedily."""
+    if name.startswith("hf:"):
+        from turnrl.agents.hf import HFPolicy
+
+        if not name[3:]:
+            raise ConfigError("agent 'hf:' needs a model: hf:ORG/NAME or hf:PATH/TO/DIR")
+        policy = HFPolicy(name[3:], max_new_tokens=int(kwargs.pop("max_new_tokens", 64)), **kwargs)
+        policy.greedy = True
+        return policy
+    if name.startswith("dispatch_"):
+        from turnrl.envs.ride_dispatch.policies import DispatchAgent
+
+        return DispatchAgent(name.removeprefix("dispatch_"), **kwargs)
     try:
         cls = AGENTS[name]
     except KeyError:
         raise ConfigError(
-            f"unknown agent {name!r}.{did_you_mean(name, AGENTS)} Available: {', '.join(AGENTS)}"
+            f"unknown agent {name!r}.{did_you_mean(name, AGENTS)} Available: "
+            f"{', '.join(AGENTS)}, dispatch_random | dispatch_greedy | dispatch_matching "
+            f"(ride dispatch), or hf:MODEL (a Hugging Face id or a saved model directory)"
         ) from None
     return cls(**kwargs)

@@ -42,4 +42,17 @@ register(
     description="HumanEval: write the function, read failing tests (tool output), repair",
 )
 
+register(
+    "turnrl/RideDispatch-v0",
+    "turnrl.envs.ride_dispatch.env:RideDispatchEnv",
+    description="ride-hailing order dispatch on a grid city: assign idle drivers to "
+    "orders each round (configs mdpod, city); random/greedy/matching baselines",
+)
+register(
+    "turnrl/RideDispatchDriver-v0",
+    "turnrl.envs.ride_dispatch.env:RideDispatchDriverEnv",
+    description="the dispatch city seen by one driver per turn (take an order or wait): "
+    "a shared driver policy; turns of a round form the ospo preset's groups",
+)
+
 from turnrl.envs import builtin_suites as _builtin_suites  # noqa: E402,F401  (registers suites)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 __all__ = [
-    "turn_gae", "episode_returns", "rloo_advantages", "grpo_advantages", "spread_to_tokens",
+    "turn_gae", "episode_returns", "rloo_advantages", "grpo_advantages", "ospo_advantages",
+    "spread_to_tokens",
     "masked_mean", "masked_whiten", "ESTIMATORS",
 ]
 
@@ -126,6 +127,39 @@ def grpo_advantages(
     return out
 
 
+def ospo_advantages(
+    rewards: torch.Tensor, turn_mask: torch.Tensor, turn_groups: torch.Tensor, *,
+    scale_by_std: bool = True, eps: float = 1e-6,
+) -> torch.Tensor:
+    """One-step, group-relative advantages (OSPO): each turn's own reward against the
+    other turns of its group, ``(r - mean_g) / (std_g + eps)``.
+
+    A group is a set of decisions taken in the same situation by different agents, e.g.
+    the drivers deciding in one dispatch round of one episode. Unlike GRPO, nothing is
+    replayed (no G rollouts of one seed) and no return is summed: the reward of the
+    decision itself is compared with its peers'. A group of one gets 0.
+
+    Args:
+        rewards: ``[B, T]`` turn rewards.
+        turn_mask: ``[B, T]`` 1 on real turns.
+        turn_groups: ``[B, T]`` integer group id of each turn (any value on padding).
+        scale_by_std: divide by the group's sample standard deviation.
+
+    Returns:
+        ``[B, T]`` advantages, 0 on padding.
+    """
+    out = torch.zeros_like(rewards)
+    real = turn_mask > 0
+    for g in torch.unique(turn_groups[real]):
+        members = real & (turn_groups == g)
+        r = rewards[members]
+        if r.numel() < 2:
+            continue
+        centred = r - r.mean()
+        out[members] = centred / (r.std() + eps) if scale_by_std else centred
+    return out
+
+
 def spread_to_tokens(turn_values: torch.Tensor, turn_index: torch.Tensor) -> torch.Tensor:
     """Per-token copy of per-turn values.
 
@@ -163,4 +197,5 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> tor
 
 
 #: The estimators, by name.
-ESTIMATORS = {"gae": turn_gae, "rloo": rloo_advantages, "grpo": grpo_advantages}
+ESTIMATORS = {"gae": turn_gae, "rloo": rloo_advantages, "grpo": grpo_advantages,
+              "ospo": ospo_advantages}

@@ -14,7 +14,13 @@ from typing import Any
 import torch
 
 from turnrl.errors import ConfigError, did_you_mean
-from turnrl.trainer.advantages import episode_returns, grpo_advantages, rloo_advantages, turn_gae
+from turnrl.trainer.advantages import (
+    episode_returns,
+    grpo_advantages,
+    ospo_advantages,
+    rloo_advantages,
+    turn_gae,
+)
 
 __all__ = ["Algorithm", "get", "PRESETS"]
 
@@ -23,23 +29,27 @@ __all__ = ["Algorithm", "get", "PRESETS"]
 class Algorithm:
     name: str
     needs_critic: bool
-    #: (rewards, values, turn_mask, terminated, groups, cfg) -> (advantages, returns),
-    #: both ``[B, T]``; ``cfg`` is the :class:`~turnrl.trainer.config.AlgorithmConfig`.
+    #: (rewards, values, turn_mask, terminated, groups, turn_groups, cfg) -> (advantages,
+    #: returns), both ``[B, T]``; ``groups`` has one id per episode, ``turn_groups`` one per
+    #: turn (``[B, T]``, or None when the envs give none); ``cfg`` is the
+    #: :class:`~turnrl.trainer.config.AlgorithmConfig`.
     advantages: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     #: One advantage per episode (the same on all its turns): batch statistics are taken
     #: over episodes, not turns.
     per_episode: bool = False
+    #: Needs ``info["turn_group"]`` on every turn.
+    needs_turn_groups: bool = False
     description: str = ""
 
 
-def _gae(*, rewards, values, turn_mask, terminated, groups: Any, cfg: Any):
+def _gae(*, rewards, values, turn_mask, terminated, groups: Any, turn_groups: Any, cfg: Any):
     return turn_gae(rewards, values, turn_mask, terminated, gamma=cfg.gamma, lam=cfg.lam)
 
 
 def _per_episode(estimator: Callable[..., torch.Tensor]) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """Episode return -> one advantage per episode, put on each of its real turns."""
 
-    def advantages(*, rewards, values, turn_mask, terminated, groups, cfg):
+    def advantages(*, rewards, values, turn_mask, terminated, groups, turn_groups, cfg):
         mask = turn_mask.to(rewards.dtype)
         returns = episode_returns(rewards, turn_mask, cfg.gamma)
         adv = estimator(returns, groups, cfg)
@@ -48,7 +58,12 @@ def _per_episode(estimator: Callable[..., torch.Tensor]) -> Callable[..., tuple[
     return advantages
 
 
-def _no_advantages(*, rewards, values, turn_mask, terminated, groups, cfg):
+def _one_step(*, rewards, values, turn_mask, terminated, groups, turn_groups, cfg):
+    adv = ospo_advantages(rewards, turn_mask, turn_groups, scale_by_std=cfg.group_std)
+    return adv, rewards * turn_mask
+
+
+def _no_advantages(*, rewards, values, turn_mask, terminated, groups, turn_groups, cfg):
     zeros = torch.zeros_like(rewards)
     return zeros, zeros
 
@@ -63,6 +78,9 @@ PRESETS: dict[str, Algorithm] = {
     "grpo": Algorithm("grpo", False, _per_episode(
         lambda r, g, cfg: grpo_advantages(r, g, scale_by_std=cfg.group_std)),
         per_episode=True, description="group-relative: (R - mean) / std over episode groups"),
+    "ospo": Algorithm("ospo", False, _one_step, needs_turn_groups=True, description=(
+        "one-step policy optimisation: each decision's reward against the other decisions "
+        "of its turn group (e.g. drivers in one dispatch round)")),
     "sft": Algorithm("sft", False, _no_advantages, description="masked NLL on expert episodes only"),
 }
 

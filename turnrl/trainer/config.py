@@ -28,7 +28,7 @@ __all__ = [
     "ALGORITHMS", "PRESET_DEFAULTS", "LORA_KEYS",
 ]
 
-ALGORITHMS = ("ppo", "vldac", "rloo", "grpo", "sft")
+ALGORITHMS = ("ppo", "vldac", "rloo", "grpo", "ospo", "sft")
 
 #: What each preset fills in for the settings left null. The VL-DAC values follow Bredis
 #: et al. (2025) where the paper fixes them (clip 0.1, ratio guard 10, k3 KL to the
@@ -44,13 +44,15 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
              "critic_warmup_updates": 0, "ratio_guard": 0.0, "critic": "none"},
     "grpo": {"clip_ratio": 0.2, "kl_coef": 0.0, "normalize_advantages": False,
              "critic_warmup_updates": 0, "ratio_guard": 0.0, "critic": "none"},
+    "ospo": {"clip_ratio": 0.2, "kl_coef": 0.0, "normalize_advantages": False,
+             "critic_warmup_updates": 0, "ratio_guard": 0.0, "critic": "none"},
     "sft": {"clip_ratio": 0.2, "kl_coef": 0.0, "normalize_advantages": False,
             "critic_warmup_updates": 0, "ratio_guard": 0.0, "critic": "none"},
 }
 #: Critics each preset allows.
 CRITICS: dict[str, tuple[str, ...]] = {
     "ppo": ("separate", "shared", "head"), "vldac": ("head",),
-    "rloo": ("none",), "grpo": ("none",), "sft": ("none",),
+    "rloo": ("none",), "grpo": ("none",), "ospo": ("none",), "sft": ("none",),
 }
 
 
@@ -120,7 +122,7 @@ class RolloutConfig:
 class AlgorithmConfig:
     """The update rule (a preset name plus its coefficients)."""
 
-    #: ppo | vldac | rloo | grpo | sft. Settings left null take the preset's value
+    #: ppo | vldac | rloo | grpo | ospo | sft. Settings left null take the preset's value
     #: (:data:`PRESET_DEFAULTS`).
     name: str = "ppo"
     #: Discount per turn (GAE; rloo/grpo discount an episode's return with it).
@@ -150,7 +152,7 @@ class AlgorithmConfig:
     #: VL-DAC's guard: where any importance ratio within a turn exceeds this, that turn's
     #: tokens use only the clipped term (no gradient). 0 disables.
     ratio_guard: float | None = None
-    #: grpo: divide by the group's standard deviation; false drops it (Dr. GRPO).
+    #: grpo, ospo: divide by the group's standard deviation; false drops it (Dr. GRPO).
     group_std: bool = True
 
 

@@ -360,7 +360,7 @@ class Trainer:
             groups = [t.group if t.group is not None else -1 - i for i, t in enumerate(trajs)]
         adv, returns = self.algo.advantages(
             rewards=rewards, values=values, turn_mask=turn_mask, terminated=terminated,
-            groups=groups, cfg=a,
+            groups=groups, turn_groups=_turn_groups(trajs, t_max, self.algo), cfg=a,
         )
         if a.normalize_advantages:
             adv = _whiten(adv, turn_mask, per_episode=self.algo.per_episode)
@@ -600,6 +600,27 @@ def _group_ids(named: list[tuple[str, Trajectory]]) -> list[int]:
         key = (name, traj.group) if traj.group is not None else ("", -1 - i)
         out.append(ids.setdefault(key, len(ids)))
     return out
+
+
+def _turn_groups(trajs: list[Trajectory], t_max: int, algo: Any) -> torch.Tensor | None:
+    """``[N, T]`` group id of each turn: (trajectory, ``info["turn_group"]``) pairs
+    numbered; None when no turn has a group. Raises for presets that need them."""
+    ids: dict[Any, int] = {}
+    out = torch.full((len(trajs), t_max), -1, dtype=torch.long)
+    missing = 0
+    for i, traj in enumerate(trajs):
+        for t, turn in enumerate(traj.turns):
+            key = turn.info.get("turn_group")
+            if key is None:
+                missing += 1
+                continue
+            out[i, t] = ids.setdefault((i, key), len(ids))
+    if algo.needs_turn_groups and missing:
+        raise ConfigError(
+            f"algorithm {algo.name} compares the decisions of a turn group, but {missing} "
+            "turns have no info['turn_group']; use an env that sets it (e.g. "
+            "turnrl/RideDispatchDriver-v0: the drivers of one round)")
+    return out if ids else None
 
 
 def _whiten(adv: torch.Tensor, turn_mask: torch.Tensor, *, per_episode: bool) -> torch.Tensor:
