@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate an agent's success rate on an env or suite")
     p.add_argument("target", help="environment id or suite name (see `turnrl envs`)")
     p.add_argument("--agent", default="random", help="agent: random | expert | scripted_code | dispatch_random | dispatch_greedy | "
-                   "dispatch_matching | hf:MODEL (a Hugging Face id "
+                   "dispatch_matching | stock_majority | stock_lexicon | hf:MODEL (a Hugging Face id "
                    "or a saved model directory, e.g. a run's final_model; greedy decoding)")
     p.add_argument("--episodes", type=int, default=None,
                    help="episodes per env (suite default: all eval seeds; env default: 10)")

@@ -33,12 +33,16 @@ def make_agent(name: str, **kwargs: Any) -> Agent:
         from turnrl.envs.ride_dispatch.policies import DispatchAgent
 
         return DispatchAgent(name.removeprefix("dispatch_"), **kwargs)
+    if name in ("stock_majority", "stock_lexicon"):
+        from turnrl.envs.stock.baselines import StockAgent
+
+        return StockAgent(name.removeprefix("stock_"))
     try:
         cls = AGENTS[name]
     except KeyError:
         raise ConfigError(
             f"unknown agent {name!r}.{did_you_mean(name, AGENTS)} Available: "
             f"{', '.join(AGENTS)}, dispatch_random | dispatch_greedy | dispatch_matching "
-            f"(ride dispatch), or hf:MODEL (a Hugging Face id or a saved model directory)"
+            f"(ride dispatch), stock_majority | stock_lexicon, or hf:MODEL (a Hugging Face id or a saved model directory)"
         ) from None
     return cls(**kwargs)

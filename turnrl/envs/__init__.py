@@ -54,5 +54,11 @@ register(
     description="the dispatch city seen by one driver per turn (take an order or wait): "
     "a shared driver policy; turns of a round form the ospo preset's groups",
 )
+register(
+    "turnrl/StockExplanation-v0",
+    "turnrl.envs.stock.env:StockExplanationEnv",
+    description="explain and predict a stock's next move from prices and posts, reflect "
+    "and retry when wrong (SEP); seeded synthetic market or a StockNet-layout dataset",
+)
 
 from turnrl.envs import builtin_suites as _builtin_suites  # noqa: E402,F401  (registers suites)
