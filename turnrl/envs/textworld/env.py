@@ -249,6 +249,12 @@ class TextWorldEnv(TextEnv):
             command = extract_command(reply, max_chars=_MAX_COMMAND_CHARS)
         except InvalidReply as exc:
             raise InvalidAction(str(exc)) from None
+        if "\\" in command:
+            # dumb-frotz reads a backslash as an interpreter escape; "\\s" even loops forever
+            raise InvalidAction(
+                f"'{command}' holds a backslash, which no game command has. Reply with an "
+                f"in-game command such as 'look' or 'go north'."
+            )
         first = command.split(" ", 1)[0]
         if first in BLOCKED_COMMANDS or first.startswith("tw-"):
             raise InvalidAction(
