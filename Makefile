@@ -19,12 +19,16 @@ help:
 	@echo "make test-fast  tests without the slow ones"
 	@echo "make lint       ruff"
 
-# System packages the tests need: bubblewrap (the code sandbox).
+# System packages the tests need: bubblewrap (the code sandbox) and chromium (the
+# report viewer's browser test, driven by Playwright through the system browser).
 system-deps:
-	@if ! command -v bwrap >/dev/null 2>&1; then \
-	  echo "installing bubblewrap (code sandbox)"; \
+	@MISSING=""; \
+	command -v bwrap >/dev/null 2>&1 || MISSING="$$MISSING bubblewrap"; \
+	command -v chromium >/dev/null 2>&1 || MISSING="$$MISSING chromium"; \
+	if [ -n "$$MISSING" ]; then \
+	  echo "installing:$$MISSING"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$MISSING >/dev/null; \
 	fi
 
 $(VENV)/.installed: pyproject.toml Makefile

@@ -5,6 +5,7 @@
     turnrl eval textworld --agent expert      success rates with 95% intervals
     turnrl train configs/quickstart.yaml      SFT warm start + turn-level PPO
     turnrl plot runs/quickstart               PNG curves of a run
+    turnrl view runs/quickstart               HTML report: episodes, tokens, mask audit
 """
 
 from __future__ import annotations
@@ -237,6 +238,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    from turnrl.viewer.report import serve, write_report
+
+    path = write_report(args.run_dir, args.out, args.step)
+    print(path)
+    if args.serve:
+        serve(path, args.port)
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     from turnrl import __version__
@@ -288,6 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
     p.add_argument("--out", help="output directory (default RUN_DIR/plots)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("view", help="write a static HTML report of a run: curves, episodes, "
+                       "and training samples token by token with a mask audit")
+    p.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
+    p.add_argument("--step", type=int, help="only the episodes and samples of this update")
+    p.add_argument("--out", help="output file (default RUN_DIR/report.html)")
+    p.add_argument("--serve", action="store_true", help="also serve it on localhost")
+    p.add_argument("--port", type=int, default=8765, help="port for --serve")
+    p.set_defaults(func=cmd_view)
     return parser
 
 

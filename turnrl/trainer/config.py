@@ -211,6 +211,9 @@ class TrainConfig:
     checkpoint_every: int = 5
     #: Episodes per update written to samples.jsonl.
     log_episodes: int = 4
+    #: Episodes per update whose training samples go to tokens.jsonl token by token
+    #: (ids, text, loss mask, logprobs, advantages, values) for ``turnrl view``.
+    log_tokens: int = 2
     #: Show a progress bar.
     progress: bool = True
 

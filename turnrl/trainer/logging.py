@@ -45,9 +45,15 @@ class MetricsLogger:
 
     def log_episodes(self, step: int, trajectories: Iterable[Trajectory], *, phase: str) -> None:
         with open(self.samples_path, "a", encoding="utf-8") as f:
-            for traj in trajectories:
-                row = {"step": step, "phase": phase, **traj.to_dict()}
+            for i, traj in enumerate(trajectories):
+                row = {"step": step, "phase": phase, "episode": i, **traj.to_dict()}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def log_tokens(self, step: int, records: Iterable[dict[str, Any]], *, phase: str = "train") -> None:
+        """Append token-level sample records to ``tokens.jsonl`` (read by ``turnrl view``)."""
+        with open(self.run_dir / "tokens.jsonl", "a", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps({"step": step, "phase": phase, **record}, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
         if self.writer is not None:

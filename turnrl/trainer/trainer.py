@@ -271,10 +271,40 @@ class Trainer:
         }
         if self.critic is not None:
             metrics["value/mean"] = float(values[:, :-1][scored["turn_mask"] > 0].mean())
-        self.logger.log(self.update, metrics)
         if cfg.log_episodes:
             self.logger.log_episodes(self.update, trajs[: cfg.log_episodes], phase="train")
+        if cfg.log_tokens:
+            t2 = time.time()
+            self.logger.log_tokens(self.update, self._token_records(named, samples, scored, turn_adv))
+            metrics["perf/log_tokens_s"] = time.time() - t2
+        self.logger.log(self.update, metrics)
         return metrics
+
+    def _token_records(self, named, samples, scored, turn_adv) -> list[dict[str, Any]]:
+        """Token-level view of the first ``log_tokens`` episodes' samples (for the viewer)."""
+        from turnrl.viewer.audit import token_sources
+
+        keep = set(range(min(self.cfg.log_tokens, len(named))))
+        records = []
+        for i, s in enumerate(samples):
+            if s.trajectory not in keep:
+                continue
+            name, traj = named[s.trajectory]
+            adv = _spread(turn_adv[s.trajectory][None], torch.tensor([s.turn_index]))[0]
+            records.append({
+                "env": name, "seed": traj.seed, "episode": s.trajectory, "won": traj.won,
+                "return": traj.total_return, "input_ids": s.input_ids,
+                "tokens": [self.tokenizer.decode([t]) for t in s.input_ids],
+                "sources": token_sources(traj, s, self.cfg.rollout.context),
+                "loss_mask": s.loss_mask, "turn_index": s.turn_index,
+                "rollout_logprobs": [round(x, 5) for x in s.rollout_logprobs],
+                "train_logprobs": [round(float(x), 5) for x in scored["old_logp"][i]],
+                "advantages": [round(float(x), 5) for x in adv],
+                "value_positions": s.value_positions, "value_turns": s.value_turns,
+                "values": [round(float(x), 5) for x in scored["values"][i]] if self.critic is not None
+                else None,
+            })
+        return records
 
     def _rollout(self) -> list[tuple[str, Trajectory]]:
         r = self.cfg.rollout
