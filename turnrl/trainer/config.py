@@ -35,19 +35,15 @@ ALGORITHMS = ("ppo", "vldac", "rloo", "grpo", "ospo", "sft")
 #: reference, a detached MLP value head trained alone first); the warm-up length is ours,
 #: sized for runs of tens of updates. RLOO and GRPO have no critic; their advantages are
 #: statistics over the episodes of a group, so no further normalisation by default.
+_NO_CRITIC = {"clip_ratio": 0.2, "kl_coef": 0.0, "normalize_advantages": False,
+              "critic_warmup_updates": 0, "ratio_guard": 0.0, "critic": "none"}
 PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {"clip_ratio": 0.2, "kl_coef": 0.0, "normalize_advantages": True,
             "critic_warmup_updates": 0, "ratio_guard": 0.0, "critic": "separate"},
     "vldac": {"clip_ratio": 0.1, "kl_coef": 0.04, "normalize_advantages": True,
               "critic_warmup_updates": 2, "ratio_guard": 10.0, "critic": "head"},
-    "rloo": {"clip_ratio": 0.2, "kl_coef": 0.0, "normalize_advantages": False,
-             "critic_warmup_updates": 0, "ratio_guard": 0.0, "critic": "none"},
-    "grpo": {"clip_ratio": 0.2, "kl_coef": 0.0, "normalize_advantages": False,
-             "critic_warmup_updates": 0, "ratio_guard": 0.0, "critic": "none"},
-    "ospo": {"clip_ratio": 0.2, "kl_coef": 0.0, "normalize_advantages": False,
-             "critic_warmup_updates": 0, "ratio_guard": 0.0, "critic": "none"},
-    "sft": {"clip_ratio": 0.2, "kl_coef": 0.0, "normalize_advantages": False,
-            "critic_warmup_updates": 0, "ratio_guard": 0.0, "critic": "none"},
+    "rloo": dict(_NO_CRITIC), "grpo": dict(_NO_CRITIC), "ospo": dict(_NO_CRITIC),
+    "sft": dict(_NO_CRITIC),
 }
 #: Critics each preset allows.
 CRITICS: dict[str, tuple[str, ...]] = {
