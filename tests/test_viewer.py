@@ -125,3 +125,16 @@ def test_report_in_a_headless_browser(run_dir):
         page.locator("#token-section").screenshot(path=str(ARTIFACTS / "token_view.png"))
         browser.close()
     assert errors == []
+
+
+def test_view_cli_filters_by_step_and_names_bad_input(run_dir, tmp_path, capsys):
+    from turnrl.cli import main
+
+    out = tmp_path / "one.html"
+    assert main(["view", str(run_dir), "--step", "1", "--out", str(out)]) == 0
+    data = load_run(run_dir, step=1)
+    assert data["episodes"] and all(e["step"] == 1 for e in data["episodes"])
+    assert all(r["step"] == 1 for r in data["tokens"]) and out.stat().st_size > 0
+    assert main(["view", str(run_dir), "--step", "99"]) == 2
+    assert "update 99 has no logged episodes" in capsys.readouterr().err
+    assert main(["view", str(tmp_path / "nope")]) == 2
