@@ -151,7 +151,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     pairs = resolve_target(args.target, episodes=args.episodes, seed=args.seed, env_kwargs=env_kwargs)
     agent_kwargs: dict[str, Any] = (
         {"seed": args.seed} if args.agent in ("random", "dispatch_random")
-        or args.agent.startswith("hf:") else {})
+        or args.agent.startswith(("hf:", "openai:")) else {})
+    if args.agent.startswith("openai:"):
+        agent_kwargs.update(base_url=args.base_url, api_key_env=args.api_key_env,
+                            concurrency=args.concurrency, max_tokens=args.max_tokens)
+    elif args.base_url:
+        raise ConfigError(f"--base-url goes with --agent openai:MODEL, not {args.agent!r}")
     agent = make_agent(args.agent, **agent_kwargs)
     total = sum(len(seeds) for _, seeds in pairs)
     with tqdm(total=total, desc=f"eval {args.agent} on {args.target}", unit="ep",
@@ -272,9 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate an agent's success rate on an env or suite")
     p.add_argument("target", help="environment id or suite name (see `turnrl envs`)")
-    p.add_argument("--agent", default="random", help="agent: random | expert | scripted_code | dispatch_random | dispatch_greedy | "
-                   "dispatch_matching | stock_majority | stock_lexicon | hf:MODEL (a Hugging Face id "
-                   "or a saved model directory, e.g. a run's final_model; greedy decoding)")
+    p.add_argument("--agent", default="random", help="agent: random | expert | scripted_code | "
+                   "dispatch_random | dispatch_greedy | dispatch_matching | stock_majority | "
+                   "stock_lexicon | hf:MODEL (a Hugging Face id or a saved model directory, e.g. "
+                   "a run's final_model; greedy decoding) | openai:MODEL (an OpenAI-compatible "
+                   "server at --base-url)")
+    p.add_argument("--base-url", help="openai agent: API root, e.g. http://127.0.0.1:8000/v1 "
+                   "(default: $OPENAI_BASE_URL, else api.openai.com)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="openai agent: environment variable holding the API key")
+    p.add_argument("--concurrency", type=int, default=8, help="openai agent: requests in flight")
+    p.add_argument("--max-tokens", type=int, default=256, help="openai agent: reply budget")
     p.add_argument("--episodes", type=int, default=None,
                    help="episodes per env (suite default: all eval seeds; env default: 10)")
     p.add_argument("--seed", type=int, default=0,

@@ -29,6 +29,10 @@ def make_agent(name: str, **kwargs: Any) -> Agent:
         policy = HFPolicy(name[3:], max_new_tokens=int(kwargs.pop("max_new_tokens", 64)), **kwargs)
         policy.greedy = True
         return policy
+    if name.startswith("openai:"):
+        from turnrl.agents.openai import OpenAIAgent
+
+        return OpenAIAgent(name[len("openai:"):], **kwargs)
     if name.startswith("dispatch_"):
         from turnrl.envs.ride_dispatch.policies import DispatchAgent
 
@@ -43,6 +47,7 @@ def make_agent(name: str, **kwargs: Any) -> Agent:
         raise ConfigError(
             f"unknown agent {name!r}.{did_you_mean(name, AGENTS)} Available: "
             f"{', '.join(AGENTS)}, dispatch_random | dispatch_greedy | dispatch_matching "
-            f"(ride dispatch), stock_majority | stock_lexicon, or hf:MODEL (a Hugging Face id or a saved model directory)"
+            f"(ride dispatch), stock_majority | stock_lexicon, openai:MODEL (an "
+            f"OpenAI-compatible server; --base-url), or hf:MODEL (a Hugging Face id or a saved model directory)"
         ) from None
     return cls(**kwargs)
