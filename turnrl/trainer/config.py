@@ -112,6 +112,11 @@ class RolloutConfig:
     top_p: float = 1.0
     #: Threads stepping envs within a tick.
     step_workers: int = 1
+    #: Sampling engine: "hf" (the trained model itself) or "vllm" (a vLLM engine in this
+    #: process, weights synced after every update).
+    backend: str = "hf"
+    #: Extra ``vllm.LLM`` arguments for backend vllm (e.g. gpu_memory_utilization).
+    vllm: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -148,6 +153,10 @@ class AlgorithmConfig:
     #: VL-DAC's guard: where any importance ratio within a turn exceeds this, that turn's
     #: tokens use only the clipped term (no gradient). 0 disables.
     ratio_guard: float | None = None
+    #: Truncated importance sampling: weigh each token's policy loss by
+    #: min(exp(logp_train_old - logp_rollout), cap), correcting for a rollout engine whose
+    #: logprobs differ from the trainer's (vLLM). Null: off.
+    tis_cap: float | None = None
     #: grpo, ospo: divide by the group's standard deviation; false drops it (Dr. GRPO).
     group_std: bool = True
 
@@ -295,6 +304,10 @@ class TrainConfig:
         if r.max_context_tokens <= r.max_new_tokens:
             e.append(f"rollout.max_context_tokens ({r.max_context_tokens}) must exceed "
                      f"rollout.max_new_tokens ({r.max_new_tokens})")
+        if r.backend not in ("hf", "vllm"):
+            e.append(f"rollout.backend must be 'hf' or 'vllm', got {r.backend!r}")
+        if a.tis_cap is not None and a.tis_cap <= 0:
+            e.append(f"algorithm.tis_cap must be > 0 or null, got {a.tis_cap}")
         if not r.temperature > 0:
             e.append(f"rollout.temperature must be > 0, got {r.temperature}")
         if o.micro_batch_size < 1 or o.minibatch_size % o.micro_batch_size:

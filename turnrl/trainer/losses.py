@@ -49,6 +49,7 @@ def policy_loss(
     dual_clip: float | None = None,
     ratio_guard: float | None = None,
     turn_index: torch.Tensor | None = None,
+    token_weights: torch.Tensor | None = None,
     agg: str = "token-mean",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped PPO policy loss per token.
@@ -66,6 +67,8 @@ def policy_loss(
         logprobs, old_logprobs, advantages, mask: ``[B, S]``.
         turn_index: ``[B, S]`` turn of each token (-1 outside actions); needed by
             ``ratio_guard``.
+        token_weights: ``[B, S]`` constant weights on each token's loss (e.g. truncated
+            importance weights between rollout engine and trainer).
 
     Returns:
         ``(loss, stats)`` with stats ``clipfrac``, ``approx_kl`` (k3 of old vs new),
@@ -88,6 +91,8 @@ def policy_loss(
     if ratio_guard:
         guarded = _turns_over(ratio.detach(), mask, turn_index, ratio_guard)
         loss = torch.where(guarded, clipped, loss)
+    if token_weights is not None:
+        loss = loss * token_weights.detach()
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),

@@ -102,6 +102,9 @@ class Trainer:
         self.lora = bool(config.model.lora)
         self._set_model(self._with_lora(self.policy.model) if self.lora else self.policy.model)
         self.device = self.policy.device
+        # Rollouts and evaluation sample from here: the trained model, or a vLLM engine
+        # that gets its weights after every update.
+        self.sampler = self._build_sampler(model_path) if r.backend == "vllm" else self.policy
         self.algo = algorithms.get(config.algorithm.name)
         self.critic = self._build_critic(model_path) if self.algo.needs_critic else None
         # The KL reference: the policy as RL starts (rebuilt after an SFT warm start).
@@ -137,6 +140,24 @@ class Trainer:
     def _set_model(self, model: Any) -> None:
         self.model = model
         self.policy.model = model  # rollouts sample from the model being trained
+
+    def _build_sampler(self, model_path: str) -> Any:
+        from turnrl.agents.vllm import VLLMPolicy
+
+        r = self.cfg.rollout
+        sampler = VLLMPolicy(model_path, temperature=r.temperature, top_p=r.top_p,
+                             max_new_tokens=r.max_new_tokens, seed=self.cfg.seed,
+                             max_model_len=r.max_context_tokens + r.max_new_tokens,
+                             dtype=self.cfg.model.dtype, engine_kwargs=r.vllm)
+        sampler.sync_weights(self.model)  # LoRA / resumed weights, not only the base
+        return sampler
+
+    def _sync_sampler(self) -> float:
+        """Give the rollout engine the trainer's weights; seconds taken (0 for hf)."""
+        if self.sampler is self.policy:
+            return 0.0
+        self.sampler.sync_weights(self.model)
+        return self.sampler.last_sync_s
 
     def _with_lora(self, model: Any) -> Any:
         """Wrap ``model`` with fresh LoRA adapters (only they are trainable)."""
@@ -255,6 +276,7 @@ class Trainer:
         t1 = time.time()
         stats = self._optimize(samples, scored, turn_adv, returns)
         t_update = time.time() - t1
+        stats["perf/sync_s"] = self._sync_sampler()
         # ---- logging
         n_tokens = sum(sum(s.loss_mask) for s in samples)
         metrics = {
@@ -308,9 +330,9 @@ class Trainer:
 
     def _rollout(self) -> list[tuple[str, Trajectory]]:
         r = self.cfg.rollout
-        self.policy.greedy = False
+        self.sampler.greedy = False
         return self.envs.collect_train(
-            self.policy, episodes=r.episodes_per_update, group_size=r.group_size,
+            self.sampler, episodes=r.episodes_per_update, group_size=r.group_size,
             num_envs=r.num_envs, context=r.context, max_context_tokens=r.max_context_tokens,
             step_workers=r.step_workers,
         )
@@ -444,10 +466,14 @@ class Trainer:
                                  temperature=self.policy.temperature, with_entropy=True,
                                  with_hidden=self._critic_reads_hidden())
             mask = batch.loss_mask
+            weights = None
+            if a.tis_cap is not None:  # rollout engine vs trainer: truncated importance weights
+                weights = torch.exp(old - batch.rollout_logprobs).clamp(max=a.tis_cap) * mask
             pg, pg_stats = policy_loss(out["logprobs"], old, adv_tokens, mask,
                                        clip_low=a.clip_ratio, clip_high=a.clip_ratio,
                                        dual_clip=a.dual_clip, ratio_guard=a.ratio_guard or None,
-                                       turn_index=batch.turn_index, agg=a.loss_agg)
+                                       turn_index=batch.turn_index, token_weights=weights,
+                                       agg=a.loss_agg)
             entropy = aggregate(out["entropy"], mask, a.loss_agg)
             loss = pg - a.entropy_coef * entropy
             if scored["ref_logp"] is not None:
@@ -542,6 +568,7 @@ class Trainer:
         self.phase_done["sft_epochs"] = s_cfg.epochs
         if self.lora:
             self._merge_sft_adapters()
+        self._sync_sampler()
         return {"sft_loss": losses[-1] if losses else math.nan, "sft_samples": len(samples)}
 
     def _merge_sft_adapters(self) -> None:
@@ -557,13 +584,13 @@ class Trainer:
     # ================================================================ evaluation
     def evaluate(self, label: str) -> dict[str, float]:
         e, r = self.cfg.eval, self.cfg.rollout
-        self.policy.greedy = e.greedy
+        self.sampler.greedy = e.greedy
         try:
-            named = self.envs.collect_eval(self.policy, episodes=e.episodes, num_envs=r.num_envs,
+            named = self.envs.collect_eval(self.sampler, episodes=e.episodes, num_envs=r.num_envs,
                                            context=r.context, max_context_tokens=r.max_context_tokens,
                                            step_workers=r.step_workers)
         finally:
-            self.policy.greedy = False
+            self.sampler.greedy = False
         metrics = episode_metrics(named, "eval")
         self.logger.log(self.update, metrics, phase=f"eval:{label}")
         self.logger.log_episodes(self.update, [t for _, t in named][: self.cfg.log_episodes],
@@ -613,6 +640,7 @@ class Trainer:
         set_rng_state(state["rng"])
         self.update = int(state["update"])
         self.phase_done = state.get("phase_done", {})
+        self._sync_sampler()
 
 
 def _seed_everything(seed: int) -> None:

