@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo       set up; baselines on the TextWorld suite; train a tiny model (SFT + PPO)"
-	@echo "make test       set up, then run the whole test suite (slow tests included)"
+	@echo "make test       set up (vLLM's CPU build included), then run the whole test suite"
 	@echo "make test-fast  tests without the slow ones"
 	@echo "make lint       ruff"
 	@echo "make test-vllm  install vLLM (CPU build) into the venv, then run its tests"
@@ -40,8 +40,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 venv: $(VENV)/.installed
 
-test: venv system-deps
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: venv vllm system-deps
+	VLLM_CPU_KVCACHE_SPACE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: venv system-deps
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
