@@ -40,8 +40,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 venv: $(VENV)/.installed
 
+# The vLLM tests run in their own pytest process: vLLM's CPU backend pins the process's
+# threads, which would slow every torch test after it.
 test: venv vllm system-deps
-	VLLM_CPU_KVCACHE_SPACE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --ignore=tests/agents/test_vllm.py $(PYTEST_ARGS)
+	VLLM_CPU_KVCACHE_SPACE=1 $(PY) -m pytest -q tests/agents/test_vllm.py $(PYTEST_ARGS)
 
 test-fast: venv system-deps
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
