@@ -326,3 +326,18 @@ def test_suite_and_cli_expert_eval(capsys):
     table = capsys.readouterr().out
     for task_type in TASK_TYPES:
         assert re.search(rf"{task_type}\s+1\s", table), table
+
+
+def test_envs_stepped_from_threads_do_not_corrupt_each_other():
+    """TextWorld's grammar parser is shared and not thread-safe; with several step threads
+    the engines used to fail with "pop from empty list" (the engine now holds a lock)."""
+    import warnings
+
+    from turnrl.agents import RandomAgent
+    from turnrl.rollout import collect
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a crashed episode warns
+        trajs = collect(lambda: turnrl.make("turnrl/ALFWorld-v0", max_turns=6), RandomAgent(seed=0),
+                        range(8), num_envs=8, step_workers=4)
+    assert not any(t.failed for t in trajs) and sum(t.num_turns for t in trajs) == 48

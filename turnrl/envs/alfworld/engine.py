@@ -20,11 +20,18 @@ import contextlib
 import copy
 import re
 import sys
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+#: TextWorld's grammar parser (tatsu) is shared by every engine in a process and is not
+#: thread-safe: concurrent steps raise "pop from empty list" or bogus parse errors. Calls
+#: into the engine hold this lock, so env threads (``rollout.step_workers``) are safe but do
+#: not parallelise ALFWorld; subprocess or Ray env pools do.
+ENGINE_LOCK = threading.RLock()
 
 __all__ = ["AlfredEngine", "canonical_command", "require_engine", "bundled_logic",
            "INTRO_HEADER"]
@@ -184,7 +191,8 @@ class AlfredEngine:
             return
         self.game_key = None
         try:
-            self._env.load(dict(game_data))
+            with ENGINE_LOCK:
+                self._env.load(dict(game_data))
         except Exception as exc:  # the translator fails in many ways on a bad problem
             raise GameLoadError(f"cannot load ALFWorld game {key!r}: {type(exc).__name__}: {exc}") from exc
         self.game_key = key
@@ -193,20 +201,22 @@ class AlfredEngine:
         """Back to the loaded game's initial state; returns textworld's ``GameState``."""
         if self.game_key is None:
             raise RuntimeError("AlfredEngine.reset() before a game was loaded")
-        self.state = self._env.reset()
+        with ENGINE_LOCK:
+            self.state = self._env.reset()
         return self.state
 
     def step(self, command: str) -> Any:
         """Apply one command. An inadmissible command leaves the world unchanged and gets
         the engine's "Nothing happens."."""
-        self.state, _, _ = self._env.step(command)
+        with ENGINE_LOCK:
+            self.state, _, _ = self._env.step(command)
         return self.state
 
     def plan(self) -> list[str]:
         """The planner's remaining plan from the current state, as commands (costly on real
         scenes: 50-800 ms)."""
         pddl = self._pddl
-        with _quiet_translator():
+        with ENGINE_LOCK, _quiet_translator():
             return list(pddl._pddl_state.replan(pddl._entity_infos))
 
     def close(self) -> None:
