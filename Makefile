@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 # CPU build of torch (on these machines a wheel on local disk). A plain `torch`
 # requirement would pull a multi-GB CUDA build, so torch is installed first, pinned.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,train,alfworld,code,docker,ride
+EXTRAS ?= dev,train,alfworld,code,docker,ride,ray
 PYTEST_ARGS ?=
 
 .PHONY: help venv system-deps test test-fast test-vllm vllm demo lint clean

@@ -33,12 +33,12 @@ def test_eval_expert_json(tmp_path):
     assert isinstance(data, list) and len(data) == 1
     row = data[0]
     assert set(row) == {"env", "episodes", "success_rate", "success_ci95", "mean_return",
-                        "mean_turns", "invalid_rate"}
+                        "mean_turns", "invalid_rate", "failed", "restarts"}
     assert row["env"] == "turnrl/TextWorld-v0" and row["episodes"] == 3
     assert row["success_rate"] == 1.0 and row["invalid_rate"] == 0.0
     low, high = row["success_ci95"]
     assert 0.0 < low < 1.0 and high == pytest.approx(1.0)
-    assert row["mean_turns"] >= 1
+    assert row["mean_turns"] >= 1 and row["failed"] == 0 and row["restarts"] == 0
 
 
 def test_eval_random_suite_subset(tmp_path):

@@ -58,7 +58,7 @@ def test_results_schema_is_stable():
     result = evaluate("turnrl/GuessEval-v0", ExpertAgent(), episodes=2)[0]
     d = result.to_dict()
     assert list(d) == ["env", "episodes", "success_rate", "success_ci95", "mean_return",
-                       "mean_turns", "invalid_rate"]
+                       "mean_turns", "invalid_rate", "failed", "restarts"]
     json.dumps(d)
 
 

@@ -163,7 +163,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
               file=sys.stderr, disable=args.quiet) as bar:
         results = evaluate(
             args.target, agent, episodes=args.episodes, seed=args.seed, num_envs=args.num_envs,
-            env_kwargs=env_kwargs or None, on_episode_end=lambda _t: bar.update(1),
+            env_kwargs=env_kwargs or None, mode=args.mode, on_episode_end=lambda _t: bar.update(1),
         )
     print(_format_table(results))
     for r in results:
@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="first reset seed for an env id; seeds the agent too")
     p.add_argument("--num-envs", type=int, default=8, help="environments in flight at once")
+    p.add_argument("--mode", choices=("lockstep", "async"), default="lockstep",
+                   help="lockstep: one batched reply per turn for all envs; async (openai "
+                        "agent): each episode steps as soon as its own reply arrives")
     p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword for the env (env ids only; repeatable; values read as YAML)")
     p.add_argument("--json", metavar="FILE", help="write results as JSON")

@@ -54,6 +54,7 @@ class EnvResult:
     mean_turns: float
     invalid_rate: float
     failed: int = 0
+    restarts: int = 0
     trajectories: list[Trajectory] = field(default_factory=list, repr=False)
 
     @property
@@ -74,6 +75,8 @@ class EnvResult:
             "mean_return": self.mean_return,
             "mean_turns": self.mean_turns,
             "invalid_rate": self.invalid_rate,
+            "failed": self.failed,
+            "restarts": self.restarts,
         }
 
     @classmethod
@@ -88,6 +91,7 @@ class EnvResult:
             mean_turns=turns / n if n else 0.0,
             invalid_rate=sum(t.invalid_actions for t in trajectories) / turns if turns else 0.0,
             failed=sum(t.failed is not None for t in trajectories),
+            restarts=sum(t.restarts for t in trajectories),
             trajectories=list(trajectories),
         )
 
@@ -136,6 +140,7 @@ def evaluate(
     seed: int = 0,
     num_envs: int = 8,
     env_kwargs: dict[str, Any] | None = None,
+    mode: str = "lockstep",
     on_episode_end: Callable[[Trajectory], Any] | None = None,
 ) -> list[EnvResult]:
     """Evaluate ``agent`` on an env id or a suite.
@@ -147,6 +152,8 @@ def evaluate(
         seed: first reset seed when ``target`` is an env id.
         num_envs: environments in flight at once.
         env_kwargs: keyword arguments for ``turnrl.make`` (env ids only).
+        mode: ``"lockstep"`` or ``"async"`` (agents with ``agenerate``: the vLLM policy, the
+            OpenAI-compatible agent); see :func:`~turnrl.rollout.collect`.
         on_episode_end: called with each finished trajectory.
 
     Returns:
@@ -163,7 +170,8 @@ def evaluate(
         registry.prepare(entry.env_id, seeds, kwargs)
         trajectories = collect(
             lambda entry=entry, kwargs=kwargs: registry.make(entry.env_id, **kwargs),
-            agent, seeds, env_id=entry.env_id, num_envs=num_envs, on_episode_end=on_episode_end,
+            agent, seeds, env_id=entry.env_id, num_envs=num_envs, mode=mode,
+            on_episode_end=on_episode_end,
         )
         results.append(EnvResult.from_trajectories(entry.name, trajectories))
     return results

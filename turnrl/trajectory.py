@@ -93,6 +93,8 @@ class Trajectory:
         group: index of the (env, seed) group for grouped rollouts (RLOO, GRPO).
         failed: set when the episode could not run to the end (e.g. a crashed worker);
             such episodes are reported, never silently dropped.
+        restarts: how often the episode was played again from its reset because the
+            worker process holding its env died (env pools); this record is the last try.
         prompt_token_ids: ids of the opening messages and the first assistant header
             (token-level rollouts only).
     """
@@ -105,6 +107,7 @@ class Trajectory:
     reset_info: dict[str, Any] = field(default_factory=dict)
     group: int | None = None
     failed: str | None = None
+    restarts: int = 0
     prompt_token_ids: list[int] | None = None
 
     # --- summary ----------------------------------------------------------------

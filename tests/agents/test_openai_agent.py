@@ -134,7 +134,8 @@ def test_bad_settings_are_named():
         make_agent("openai:")
 
 
-def test_eval_cli_end_to_end(server, tmp_path):
+@pytest.mark.parametrize("mode", ["lockstep", "async"])
+def test_eval_cli_end_to_end(server, tmp_path, mode):
     from toy_envs import GuessNumber
 
     import turnrl
@@ -144,7 +145,7 @@ def test_eval_cli_end_to_end(server, tmp_path):
     srv = server(reply=lambda body: "guess 3")
     out = tmp_path / "r.json"
     assert main(["eval", "turnrl/GuessOpenAI-v0", "--agent", "openai:tiny", "--base-url", srv.url,
-                 "--episodes", "10", "--json", str(out), "--quiet"]) == 0
+                 "--episodes", "10", "--json", str(out), "--quiet", "--mode", mode]) == 0
     row = json.loads(out.read_text())[0]
     # GuessNumber's target is 1 + seed % 10: "guess 3" wins on seed 2 only
     assert row["episodes"] == 10 and row["success_rate"] == pytest.approx(0.1)

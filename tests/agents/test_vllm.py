@@ -80,9 +80,46 @@ def test_weight_sync_makes_vllm_follow_the_trained_model(model_dir, engine):
     assert before != after and engine.syncs >= 1
 
 
-def test_ppo_with_the_vllm_backend(model_dir, tmp_path):
+def test_async_rollouts_match_lockstep_and_replay(model_dir, engine):
+    """Async mode on the real engine: greedy episodes equal lockstep's; sampled episodes
+    are reproducible whatever the interleaving (request seeds come from (episode, turn));
+    the logprobs are the trainer's."""
+    from turnrl.rollout import collect
+
+    def make():
+        return turnrl.make("turnrl/GuessVLLM-v0")
+
+    def actions(trajs):
+        return [[turn.token_ids for turn in t.turns] for t in trajs]
+
+    hf = HFPolicy(str(model_dir), max_new_tokens=8)
+    engine.sync_weights(hf.model)  # undo what other tests did to the shared engine
+    engine.greedy = True
+    try:
+        lock = collect(make, engine, range(10), num_envs=4, max_context_tokens=400)
+        asyn = collect(make, engine, range(10), num_envs=4, max_context_tokens=400, mode="async")
+    finally:
+        engine.greedy = False
+    assert actions(asyn) == actions(lock) and [t.seed for t in asyn] == list(range(10))
+    runs = []
+    for _ in range(2):
+        engine._collects = 0  # the same collect round twice
+        runs.append(collect(make, engine, range(10), num_envs=6, max_context_tokens=400,
+                            mode="async", step_workers=3))
+    assert actions(runs[0]) == actions(runs[1])
+    assert actions(runs[0]) != actions(lock)  # sampled, not greedy
+    t = runs[0][0]
+    prompt = list(t.prompt_token_ids)
+    assert t.turns[0].logprobs and max(
+        abs(x - y) for x, y in zip(t.turns[0].logprobs, _hf_logprobs(hf.model, prompt, t.turns[0].token_ids),
+                                   strict=True)) < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["lockstep", "async"])
+def test_ppo_with_the_vllm_backend(model_dir, tmp_path, mode):
     cfg = load_config(None, [
         f"model.name_or_path={model_dir}", "env.id=turnrl/GuessVLLM-v0", "rollout.backend=vllm",
+        f"rollout.mode={mode}",
         "rollout.episodes_per_update=8", "rollout.max_new_tokens=5", "rollout.num_envs=8",
         "rollout.max_context_tokens=400", "total_updates=3", f"run_dir={tmp_path / 'run'}",
         "eval.episodes=4", "progress=false", "optim.lr=1e-3", "optim.minibatch_size=4",

@@ -12,6 +12,7 @@ Only the standard library is used.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -89,6 +90,7 @@ class OpenAIAgent:
         #: Requests sent, retries made, and tokens used as the server reports them.
         self.stats = {"requests": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0}
         self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
 
     def _count(self, **added: int) -> None:
         with self._lock:
@@ -101,6 +103,14 @@ class OpenAIAgent:
             return [self._complete(c) for c in conversations]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations))) as pool:
             return list(pool.map(self._complete, conversations))
+
+    async def agenerate(self, prompt: list[Message], *, info: dict[str, Any] | None = None,
+                        key: Sequence[int] = ()) -> Action:
+        """One reply, for the rollout engine's ``async`` mode (no batch barrier): the
+        request runs in a worker thread, at most ``concurrency`` at once."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="turnrl-openai")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._complete, prompt)
 
     # ------------------------------------------------------------------ one request
     def _complete(self, conversation: list[Message]) -> Action:

@@ -19,9 +19,12 @@ from ``VLLM_CPU_KVCACHE_SPACE`` (GiB, default here 1); attention needs head_dim 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+import numpy as np
 
 from turnrl.agents.base import Action
 from turnrl.agents.prompting import ChatRenderer
@@ -88,6 +91,9 @@ class VLLMPolicy:
         self.greedy = False
         self._seed = 0 if seed is None else int(seed)
         self._requests = 0
+        self._collects = 0
+        self._pending: dict[str, asyncio.Future] = {}
+        self._pump: asyncio.Future | None = None
         kwargs = {"dtype": dtype or "float32", "enable_prefix_caching": True,
                   "logprobs_mode": "processed_logprobs", "seed": self._seed,
                   **({"max_model_len": max_model_len} if max_model_len else {}),
@@ -106,7 +112,6 @@ class VLLMPolicy:
                  infos: Sequence[dict[str, Any]] | None = None,
                  greedy: bool | None = None) -> list[Action]:
         """One reply per prompt; ``greedy`` defaults to :attr:`greedy`."""
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         if not prompts:
@@ -117,22 +122,85 @@ class VLLMPolicy:
         params = []
         for _ in prompts:
             self._requests += 1
-            params.append(SamplingParams(
-                temperature=0.0 if greedy else self.temperature, top_p=1.0 if greedy else self.top_p,
-                max_tokens=self.max_new_tokens, logprobs=0, stop=self.stop or None,
-                stop_token_ids=sorted(self.renderer.eos_ids), skip_special_tokens=False,
-                include_stop_str_in_output=True, seed=self._seed * 1_000_003 + self._requests,
-            ))
+            params.append(self._params(greedy, self._seed * 1_000_003 + self._requests))
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
                                     params, use_tqdm=False)
-        actions = []
-        for out in outputs:
-            completion = out.outputs[0]
-            ids = list(completion.token_ids)
-            logps = [float(step[t].logprob) for step, t in zip(completion.logprobs or [], ids,
-                                                              strict=True)]
-            actions.append(Action(text=self.renderer.action_text(ids), token_ids=ids, logprobs=logps))
-        return actions
+        return [self._action(out) for out in outputs]
+
+    def _params(self, greedy: bool, seed: int) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            temperature=0.0 if greedy else self.temperature, top_p=1.0 if greedy else self.top_p,
+            max_tokens=self.max_new_tokens, logprobs=0, stop=self.stop or None,
+            stop_token_ids=sorted(self.renderer.eos_ids), skip_special_tokens=False,
+            include_stop_str_in_output=True, seed=seed,
+        )
+
+    def _action(self, out: Any) -> Action:
+        completion = out.outputs[0]
+        ids = list(completion.token_ids)
+        logps = [float(step[t].logprob) for step, t in zip(completion.logprobs or [], ids, strict=True)]
+        return Action(text=self.renderer.action_text(ids), token_ids=ids, logprobs=logps)
+
+    # ------------------------------------------------------------------ async API
+    def begin_collect(self) -> None:
+        """Start a new round of request seeds (the rollout engine calls it per collect)."""
+        self._collects += 1
+
+    async def agenerate(self, prompt: Sequence[int] | list[Message], *,
+                        info: dict[str, Any] | None = None, key: Sequence[int] = (),
+                        greedy: bool | None = None) -> Action:
+        """One reply, awaited alone while the engine keeps batching every request in flight.
+
+        ``prompt`` is token ids (or a chat conversation). The request's sampling seed
+        comes from ``key`` (the rollout engine passes (seed position, group member, turn))
+        and the collect round, so a run is reproducible however requests interleave.
+        """
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        if prompt and isinstance(prompt[0], dict):
+            prompt = self.renderer.prompt_ids(prompt)
+        if len(prompt) == 0:
+            raise ValueError("empty prompt")
+        greedy = self.greedy if greedy is None else greedy
+        state = np.random.SeedSequence([self._seed, self._collects, *map(int, key)])
+        params = self._params(greedy, int(state.generate_state(1)[0]))
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+        self._requests += 1
+        request_id = f"turnrl-{self._requests}"
+        future = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        self.llm.llm_engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(prompt)),
+                                        params)
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.ensure_future(self._run_engine())
+        return await future
+
+    async def _run_engine(self) -> None:
+        """Step the engine while requests are pending; resolve each as it finishes.
+
+        Runs on the event loop's thread (the only one touching the engine); between
+        engine steps the episode tasks run, and env steps run in their worker threads
+        while the engine computes.
+        """
+        engine = self.llm.llm_engine
+        try:
+            while self._pending:
+                for out in engine.step():
+                    if out.finished:
+                        future = self._pending.pop(out.request_id, None)
+                        if future is not None and not future.done():
+                            future.set_result(self._action(out))
+                await asyncio.sleep(0)
+        except BaseException as exc:  # the engine failed or the collect was cancelled
+            pending, self._pending = self._pending, {}
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+            engine.abort_request(list(pending))
+            raise
 
     # ------------------------------------------------------------------ weights
     def sync_weights(self, model: Any) -> None:

@@ -39,7 +39,7 @@ from turnrl.errors import (
 
 __all__ = [
     "EnvSpec", "register", "make", "spec", "list_envs", "load_plugins", "accepts_kwarg",
-    "kwargs_for_agent", "prepare", "ENTRY_POINT_GROUP",
+    "kwargs_for_agent", "prepare", "ENTRY_POINT_GROUP", "EnvFactory", "factory",
 ]
 
 ENTRY_POINT_GROUP = "turnrl.envs"
@@ -222,6 +222,29 @@ def make(env_id: str, **kwargs: Any) -> gym.Env:
         # Mirror Gymnasium's bookkeeping so `env.spec.id` works for envs made here too.
         env.spec = gym.spec(env_spec.id)
     return env
+
+
+@dataclass(frozen=True)
+class EnvFactory:
+    """``make(env_id, **kwargs)`` as a picklable callable that carries its registration, so
+    env worker processes and Ray actors can build envs registered at run time (in a
+    notebook, a test, a script's ``__main__``) that their fresh interpreter does not know."""
+
+    spec: EnvSpec
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self) -> gym.Env:
+        known = _REGISTRY.get(self.spec.id)
+        if known is None or known.entry_point != self.spec.entry_point:
+            register(self.spec.id, self.spec.entry_point, override=True,
+                     description=self.spec.description, **self.spec.defaults)
+        return make(self.spec.id, **self.kwargs)
+
+
+def factory(env_id: str, **kwargs: Any) -> EnvFactory:
+    """A callable that makes ``env_id`` with ``kwargs``, in this process or any worker (see
+    :class:`EnvFactory`); what env pools and the trainer use."""
+    return EnvFactory(spec(env_id), dict(kwargs))
 
 
 def _check_kwargs(env_id: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:

@@ -115,6 +115,10 @@ class RolloutConfig:
     #: Sampling engine: "hf" (the trained model itself) or "vllm" (a vLLM engine in this
     #: process, weights synced after every update).
     backend: str = "hf"
+    #: "lockstep" (a batch barrier per turn; any backend) or "async" (backend vllm: each
+    #: episode its own task, an env steps as soon as its reply is done; num_envs caps the
+    #: episodes in flight).
+    mode: str = "lockstep"
     #: Extra ``vllm.LLM`` arguments for backend vllm (e.g. gpu_memory_utilization).
     vllm: dict[str, Any] = field(default_factory=dict)
 
@@ -306,6 +310,11 @@ class TrainConfig:
                      f"rollout.max_new_tokens ({r.max_new_tokens})")
         if r.backend not in ("hf", "vllm"):
             e.append(f"rollout.backend must be 'hf' or 'vllm', got {r.backend!r}")
+        if r.mode not in ("lockstep", "async"):
+            e.append(f"rollout.mode must be 'lockstep' or 'async', got {r.mode!r}")
+        elif r.mode == "async" and r.backend != "vllm":
+            e.append(f"rollout.mode=async needs rollout.backend=vllm (the HF policy generates in "
+                     f"lockstep batches), got backend {r.backend!r}")
         if a.tis_cap is not None and a.tis_cap <= 0:
             e.append(f"algorithm.tis_cap must be > 0 or null, got {a.tis_cap}")
         if not r.temperature > 0:

@@ -49,7 +49,8 @@ __all__ = ["Trainer", "episode_metrics"]
 
 
 def episode_metrics(named: list[tuple[str, Trajectory]], prefix: str) -> dict[str, float]:
-    """Success, return, turns and invalid-action rate, overall and per env."""
+    """Success, return, turns, invalid-action rate, failed episodes and episodes replayed
+    after their env worker died, overall and per env."""
     groups: dict[str, list[Trajectory]] = {"": [t for _, t in named]}
     if len({n for n, _ in named}) > 1:
         for name, traj in named:
@@ -67,6 +68,8 @@ def episode_metrics(named: list[tuple[str, Trajectory]], prefix: str) -> dict[st
         out[key + "turns"] = turns / len(trajs)
         out[key + "invalid_rate"] = sum(t.invalid_actions for t in trajs) / max(turns, 1)
         out[key + "episodes"] = float(len(trajs))
+        out[key + "failed"] = float(sum(t.failed is not None for t in trajs))
+        out[key + "restarts"] = float(sum(t.restarts for t in trajs))  # replays after lost workers
     return out
 
 
@@ -334,7 +337,7 @@ class Trainer:
         return self.envs.collect_train(
             self.sampler, episodes=r.episodes_per_update, group_size=r.group_size,
             num_envs=r.num_envs, context=r.context, max_context_tokens=r.max_context_tokens,
-            step_workers=r.step_workers,
+            step_workers=r.step_workers, mode=r.mode,
         )
 
     @torch.no_grad()
@@ -588,7 +591,7 @@ class Trainer:
         try:
             named = self.envs.collect_eval(self.sampler, episodes=e.episodes, num_envs=r.num_envs,
                                            context=r.context, max_context_tokens=r.max_context_tokens,
-                                           step_workers=r.step_workers)
+                                           step_workers=r.step_workers, mode=r.mode)
         finally:
             self.sampler.greedy = False
         metrics = episode_metrics(named, "eval")
