@@ -4,6 +4,7 @@
     turnrl play turnrl/TextWorld-v0 --seed 3  play an environment yourself
     turnrl eval textworld --agent expert      success rates with 95% intervals
     turnrl train configs/quickstart.yaml      SFT warm start + turn-level PPO
+    accelerate launch --multi_gpu -m turnrl.cli train CONFIG   the same, data parallel
     turnrl plot runs/quickstart               PNG curves of a run
     turnrl view runs/quickstart               HTML report: episodes, tokens, mask audit
 """
@@ -163,7 +164,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
               file=sys.stderr, disable=args.quiet) as bar:
         results = evaluate(
             args.target, agent, episodes=args.episodes, seed=args.seed, num_envs=args.num_envs,
-            env_kwargs=env_kwargs or None, mode=args.mode, on_episode_end=lambda _t: bar.update(1),
+            env_kwargs=env_kwargs or None, mode=args.mode, env_pool=args.env_pool,
+            envs_per_worker=args.envs_per_worker, ray_address=args.ray_address,
+            on_episode_end=lambda _t: bar.update(1),
         )
     print(_format_table(results))
     for r in results:
@@ -201,6 +204,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("give a config file (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
         trainer = Trainer(load_config(args.config, args.overrides))
     results = trainer.fit()
+    if not trainer.dist.is_main:  # one of several training processes: rank 0 reports
+        return 0
     print(_format_phases(results))
     if not args.no_plot:
         from turnrl.trainer.logging import plot_run
@@ -296,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("lockstep", "async"), default="lockstep",
                    help="lockstep: one batched reply per turn for all envs; async (openai "
                         "agent): each episode steps as soon as its own reply arrives")
+    p.add_argument("--env-pool", choices=("local", "subprocess", "ray"), default="local",
+                   help="where the envs run: this process, worker processes, or Ray actors")
+    p.add_argument("--envs-per-worker", type=int, default=1,
+                   help="envs per worker process / Ray actor (subprocess and ray pools)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join for --env-pool ray (default: a local Ray)")
     p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword for the env (env ids only; repeatable; values read as YAML)")
     p.add_argument("--json", metavar="FILE", help="write results as JSON")

@@ -141,6 +141,9 @@ def evaluate(
     num_envs: int = 8,
     env_kwargs: dict[str, Any] | None = None,
     mode: str = "lockstep",
+    env_pool: str = "local",
+    envs_per_worker: int = 1,
+    ray_address: str | None = None,
     on_episode_end: Callable[[Trajectory], Any] | None = None,
 ) -> list[EnvResult]:
     """Evaluate ``agent`` on an env id or a suite.
@@ -154,6 +157,8 @@ def evaluate(
         env_kwargs: keyword arguments for ``turnrl.make`` (env ids only).
         mode: ``"lockstep"`` or ``"async"`` (agents with ``agenerate``: the vLLM policy, the
             OpenAI-compatible agent); see :func:`~turnrl.rollout.collect`.
+        env_pool, envs_per_worker, ray_address: where the envs run (``"local"``,
+            ``"subprocess"``, ``"ray"``); see :mod:`turnrl.envs.pool`.
         on_episode_end: called with each finished trajectory.
 
     Returns:
@@ -169,9 +174,9 @@ def evaluate(
         kwargs = registry.kwargs_for_agent(entry.env_id, entry.kwargs, agent)
         registry.prepare(entry.env_id, seeds, kwargs)
         trajectories = collect(
-            lambda entry=entry, kwargs=kwargs: registry.make(entry.env_id, **kwargs),
-            agent, seeds, env_id=entry.env_id, num_envs=num_envs, mode=mode,
-            on_episode_end=on_episode_end,
+            registry.factory(entry.env_id, **kwargs), agent, seeds, env_id=entry.env_id,
+            num_envs=num_envs, mode=mode, env_pool=env_pool, envs_per_worker=envs_per_worker,
+            ray_address=ray_address, on_episode_end=on_episode_end,
         )
         results.append(EnvResult.from_trajectories(entry.name, trajectories))
     return results

@@ -209,8 +209,12 @@ class VLLMPolicy:
         import time
 
         start = time.time()
-        items = list(merged_state_items(model))
+        self.load_weights(list(merged_state_items(model)))
+        self.last_sync_s = time.time() - start
+
+    def load_weights(self, items: Sequence[tuple[str, Any]]) -> None:
+        """Load ``(checkpoint name, tensor)`` pairs into the engine in place; reset the
+        prefix cache."""
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(items)})
         self.llm.reset_prefix_cache()
         self.syncs += 1
-        self.last_sync_s = time.time() - start
