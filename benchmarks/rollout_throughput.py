@@ -1,0 +1,129 @@
+"""Rollout engine throughput at 1, 4, 16 and 64 envs, against (a) a sequential loop over
+the envs with the same model and (b) pure batched generation of the same batches with no
+envs at all.
+
+Same tiny model (HF backend, the default), same TextWorld coin-collector games, same
+sampling settings:
+
+- **engine**: ``turnrl.rollout.collect`` in lockstep mode with ``num_envs`` envs;
+- **sequential**: the same episodes played one after another, one env, one reply per
+  ``generate`` call (what a simple agent loop does);
+- **pure generation**: the exact prompt batches the engine sent to the model, replayed
+  straight into ``HFPolicy.generate`` -- no envs, no bookkeeping. engine / pure is the
+  share of time the engine spends generating; the rest is env steps and turnrl's own code.
+
+Goals: engine >= 5x sequential at 16 envs; engine >= 0.9x pure generation.
+
+Usage::
+
+    python benchmarks/rollout_throughput.py [--envs 1 4 16 64] [--episodes 64]
+
+Writes ``benchmarks/results/rollout_throughput.json`` and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ENV_ID = "turnrl/TextWorld-v0"
+KWARGS = {"challenge": "tw-coin_collector", "settings": {"level": 2}, "max_turns": 6}
+
+
+class _Recording:
+    """The policy, with every batch of prompts it was asked for recorded."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.renderer = policy.renderer
+        self.max_new_tokens = policy.max_new_tokens
+        self.batches: list[list[list[int]]] = []
+
+    def generate(self, prompts, *, infos=None, greedy=None):
+        self.batches.append([list(p) for p in prompts])
+        return self.policy.generate(prompts, greedy=greedy)
+
+
+def _tokens(trajs) -> int:
+    return sum(len(turn.token_ids or ()) for t in trajs for turn in t.turns)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--envs", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--episodes", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--sequential-episodes", type=int, default=16,
+                        help="episodes for the sequential baseline (its rate does not depend on the count)")
+    parser.add_argument("--out", default=str(RESULTS / "rollout_throughput.json"))
+    args = parser.parse_args()
+
+    import torch
+
+    from turnrl.agents import tiny
+    from turnrl.agents.hf import HFPolicy
+    from turnrl.envs import registry
+    from turnrl.rollout import collect
+
+    torch.manual_seed(0)
+    seeds = list(range(args.episodes))
+    registry.prepare(ENV_ID, seeds, KWARGS)
+    make = registry.factory(ENV_ID, **KWARGS)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = tiny.make_tiny_model(Path(tmp) / "m", tiny.corpus_from_env(ENV_ID, range(4), **KWARGS),
+                                     vocab_size=800, hidden_size=128, num_layers=2)
+        policy = HFPolicy(str(model), max_new_tokens=args.max_new_tokens, temperature=1.0)
+        collect(make, policy, seeds[:4], num_envs=4)  # warm-up
+
+        # (a) sequential: one env, one reply per call
+        start = time.perf_counter()
+        seq = collect(make, policy, seeds[:args.sequential_episodes], num_envs=1)
+        seq_wall = time.perf_counter() - start
+        seq_rate = _tokens(seq) / seq_wall
+        for n in args.envs:
+            recorder = _Recording(policy)
+            start = time.perf_counter()
+            trajs = collect(make, recorder, seeds, num_envs=n)
+            wall = time.perf_counter() - start
+            tokens = _tokens(trajs)
+            # (b) the same batches, straight into the model
+            start = time.perf_counter()
+            pure_tokens = sum(len(a.token_ids) for batch in recorder.batches for a in policy.generate(batch))
+            pure_wall = time.perf_counter() - start
+            row = {"num_envs": n, "episodes": len(trajs), "turns": sum(t.num_turns for t in trajs),
+                   "tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 1),
+                   "episodes_per_s": round(len(trajs) / wall, 2),
+                   "sequential_tokens_per_s": round(seq_rate, 1),
+                   "vs_sequential": round(tokens / wall / seq_rate, 2),
+                   "pure_tokens_per_s": round(pure_tokens / pure_wall, 1),
+                   "vs_pure_generation": round((tokens / wall) / (pure_tokens / pure_wall), 3)}
+            rows.append(row)
+            print(f"{n:3d} envs: {row['tokens_per_s']:8.1f} tok/s, {row['vs_sequential']:5.2f}x sequential, "
+                  f"{row['vs_pure_generation']:.3f}x pure generation", file=sys.stderr)
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "python": platform.python_version(),
+              "command": "python benchmarks/rollout_throughput.py " + " ".join(sys.argv[1:]),
+              "settings": {"episodes": args.episodes, "max_new_tokens": args.max_new_tokens,
+                           "env": f"{ENV_ID} {KWARGS}", "model": "tiny Llama, hidden 128, 2 layers"},
+              "sequential": {"episodes": len(seq), "tokens_per_s": round(seq_rate, 1)},
+              "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print("| envs | engine tokens/s | episodes/s | vs sequential (goal >= 5x at 16) | "
+          "vs pure generation (goal >= 0.9x) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['num_envs']} | {r['tokens_per_s']:.0f} | {r['episodes_per_s']:.2f} | "
+              f"{r['vs_sequential']:.2f}x | {r['vs_pure_generation']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
