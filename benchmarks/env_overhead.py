@@ -83,13 +83,19 @@ def main() -> None:
               "goal": "turnrl / raw step time <= 1.05", "median_ratio": summary, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    print("| env | games | steps timed | raw step (median) | turnrl step (median) | ratio (goal <= 1.05) |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['env']} | {r['games']} | {r['steps']} | {r['raw_ms']:.2f} ms | {r['turnrl_ms']:.2f} ms | "
-              f"{r['ratio']:.3f} |")
-    for env, ratio in summary.items():
-        print(f"| **{env}** | all | | | | **{ratio:.3f}** (median of rows) |")
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    """The results as a Markdown table (also used by ``benchmarks/report.py``)."""
+    lines = ["| env | games | steps timed | raw step (median) | turnrl step (median) | ratio (goal <= 1.05) |",
+             "|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['env']} | {r['games']} | {r['steps']} | {r['raw_ms']:.2f} ms | "
+                     f"{r['turnrl_ms']:.2f} ms | {r['ratio']:.3f} |")
+    for env, ratio in report["median_ratio"].items():
+        lines.append(f"| **{env}** | all | | | | **{ratio:.3f}** (median of rows) |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -106,11 +106,17 @@ def main() -> None:
               "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    print("| workload | pool | workers | env steps/s | vs 1 worker | pool start-up |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['workload']} | {r['pool']} | {r['workers']} | {r['steps_per_s']:.0f} | "
-              f"{r['speedup']:.2f}x | {r['startup_s']:.1f} s |")
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    """The results as a Markdown table (also used by ``benchmarks/report.py``)."""
+    lines = ["| workload | pool | workers | env steps/s | vs 1 worker | pool start-up |",
+             "|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['workload']} | {r['pool']} | {r['workers']} | {r['steps_per_s']:.0f} | "
+                     f"{r['speedup']:.2f}x | {r['startup_s']:.1f} s |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

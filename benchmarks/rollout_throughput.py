@@ -117,12 +117,19 @@ def main() -> None:
               "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    print("| envs | engine tokens/s | episodes/s | vs sequential (goal >= 5x at 16) | "
-          "vs pure generation (goal >= 0.9x) |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['num_envs']} | {r['tokens_per_s']:.0f} | {r['episodes_per_s']:.2f} | "
-              f"{r['vs_sequential']:.2f}x | {r['vs_pure_generation']:.2f}x |")
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    """The results as a Markdown table (also used by ``benchmarks/report.py``)."""
+    lines = [f"Sequential loop: {report['sequential']['tokens_per_s']:.0f} tokens/s.", "",
+             "| envs | engine tokens/s | episodes/s | vs sequential (goal >= 5x at 16) | "
+             "vs pure generation (goal >= 0.9x) |",
+             "|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['num_envs']} | {r['tokens_per_s']:.0f} | {r['episodes_per_s']:.2f} | "
+                     f"{r['vs_sequential']:.2f}x | {r['vs_pure_generation']:.2f}x |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -120,14 +120,29 @@ def main() -> None:
         if not r["available"]:
             print(f"{r['backend']}: not measured ({r['reason']})")
     report = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
-        "code": CODE, "results": rows,
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "platform": platform.platform(), "python": platform.python_version(),
+        "command": "python benchmarks/sandbox_latency.py " + " ".join(sys.argv[1:]),
+        "workers": args.workers, "code": CODE, "results": rows,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def markdown(report: dict) -> str:
+    """The results as a Markdown table (used by ``benchmarks/report.py``)."""
+    lines = [f"| backend | run p50 | run p95 | session cell p50 / p95 | session start | "
+             f"runs/s, {report['workers']} workers |", "|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        if not r["available"]:
+            lines.append(f"| {r['backend']} | not measured: {r['reason'][:80]} | | | | |")
+            continue
+        lines.append(f"| {r['backend']} | {r['run_p50_ms']} ms | {r['run_p95_ms']} ms | "
+                     f"{r['session_p50_ms']} / {r['session_p95_ms']} ms | {r['session_start_p50_ms']} ms | "
+                     f"{r['runs_per_s']} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

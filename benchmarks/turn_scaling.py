@@ -154,14 +154,21 @@ def main() -> None:
               "command": "python benchmarks/turn_scaling.py " + " ".join(sys.argv[1:]), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    print("| turns | tokens | turnrl rollout / train, µs per turn | naive rollout / train, µs per turn | "
-          "naive / turnrl | turnrl per-turn cost vs 8 turns | same ids |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['turns']} | {r['tokens']:,} | {r['turnrl_rollout_us_per_turn']:.0f} / "
-              f"{r['turnrl_train_us_per_turn']:.0f} | {r['naive_rollout_us_per_turn']:.0f} / "
-              f"{r['naive_train_us_per_turn']:.0f} | {r['speedup']:.1f}x | {r['turnrl_growth_vs_first']:.2f}x | "
-              f"{'yes' if r['same_ids'] else 'no'} |")
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    """The results as a Markdown table (also used by ``benchmarks/report.py``)."""
+    lines = ["| turns | tokens | turnrl rollout / train, µs per turn | naive rollout / train, µs per turn | "
+             "naive / turnrl | turnrl per-turn cost vs fewest turns | same ids |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['turns']} | {r['tokens']:,} | {r['turnrl_rollout_us_per_turn']:.0f} / "
+            f"{r['turnrl_train_us_per_turn']:.0f} | {r['naive_rollout_us_per_turn']:.0f} / "
+            f"{r['naive_train_us_per_turn']:.0f} | {r['speedup']:.1f}x | {r['turnrl_growth_vs_first']:.2f}x | "
+            f"{'yes' if r['same_ids'] else 'no'} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

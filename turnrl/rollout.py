@@ -27,8 +27,8 @@ import traceback
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
