@@ -112,3 +112,35 @@ def test_ratio_guard_ignores_masked_tokens_and_needs_turns():
     assert stats["guard_frac"].item() == 0.0 and loss.item() == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="turn_index"):
         policy_loss(logp, torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2), ratio_guard=10.0)
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_pieces_with_the_whole_batch_normalizer_add_up_to_the_whole(agg):
+    # How micro-batches and training processes split a minibatch: each piece divides by
+    # the whole batch's count, and the pieces' losses (and gradients) sum to the whole's.
+    torch.manual_seed(1)
+    shape = (5, 6)
+    mask = (torch.rand(shape) > 0.4).float()
+    mask[3] = 0.0  # a sequence without action tokens counts for neither mode
+    logp = torch.randn(shape, requires_grad=True)
+    old, adv, values, old_v, ret = (torch.randn(shape) for _ in range(5))
+    count = float(mask.sum()) if agg == "token-mean" else float((mask.sum(-1) > 0).sum())
+    assert count == (mask.sum() if agg == "token-mean" else 4)
+
+    def losses(rows, normalizer=None):
+        m, lp = mask[rows], logp[rows]
+        return torch.stack([
+            policy_loss(lp, old[rows], adv[rows], m, agg=agg, normalizer=normalizer)[0],
+            value_loss(values[rows], old_v[rows], ret[rows], m, agg=agg, normalizer=normalizer)[0],
+            aggregate(lp * 2.0, m, agg, normalizer=normalizer),
+            nll_loss(lp, m, agg, normalizer=normalizer),
+        ])
+
+    whole = losses(slice(0, 5))
+    pieces = losses(slice(0, 2), count) + losses(slice(2, 3), count) + losses(slice(3, 5), count)
+    torch.testing.assert_close(pieces, whole)
+    (grad_whole,) = torch.autograd.grad(whole.sum(), logp)
+    (grad_pieces,) = torch.autograd.grad(pieces.sum(), logp)
+    torch.testing.assert_close(grad_pieces, grad_whole)
+    # without the normalizer, each piece is its own mean: the sum is not the whole's
+    assert not torch.allclose(losses(slice(0, 2)) + losses(slice(2, 5)), whole)

@@ -24,7 +24,7 @@ from turnrl.errors import ConfigError, did_you_mean
 
 __all__ = [
     "ModelConfig", "EnvConfig", "RolloutConfig", "AlgorithmConfig", "OptimConfig",
-    "SFTConfig", "EvalConfig", "TrainConfig", "load_config", "apply_overrides",
+    "SFTConfig", "EvalConfig", "DistributedConfig", "TrainConfig", "load_config", "apply_overrides",
     "ALGORITHMS", "PRESET_DEFAULTS", "LORA_KEYS",
 ]
 
@@ -119,6 +119,14 @@ class RolloutConfig:
     #: episode its own task, an env steps as soon as its reply is done; num_envs caps the
     #: episodes in flight).
     mode: str = "lockstep"
+    #: Where the envs live: "local" (this process), "subprocess" (worker processes, restarted
+    #: if they die) or "ray" (Ray actors; ``ray.address``). See docs/scaling.md.
+    env_pool: str = "local"
+    #: Envs per worker process / Ray actor (subprocess and ray pools).
+    envs_per_worker: int = 4
+    #: vLLM engines (backend vllm): more than 1 runs each as a Ray actor (data-parallel
+    #: rollout, weights synced to every one; ``ray.address``).
+    vllm_engines: int = 1
     #: Extra ``vllm.LLM`` arguments for backend vllm (e.g. gpu_memory_utilization).
     vllm: dict[str, Any] = field(default_factory=dict)
 
@@ -201,6 +209,31 @@ class EvalConfig:
 
 
 @dataclass
+class RayConfig:
+    """Joining Ray (``rollout.env_pool: ray``)."""
+
+    #: null: the Ray this process already runs, else a new local one; "auto" or
+    #: "ray://head:10001": a cluster.
+    address: str | None = None
+
+
+@dataclass
+class DistributedConfig:
+    """Several training processes, started by ``accelerate launch`` or ``torchrun``
+    (data parallel, DDP; see :mod:`turnrl.trainer.distributed`). A run started as one
+    process ignores this section. Batch sizes stay global: ``episodes_per_update`` and
+    ``minibatch_size`` count over all processes, so a config gives the same updates on any
+    number of them; ``micro_batch_size`` is per process and forward pass."""
+
+    #: DDP's ``find_unused_parameters``: set it for a model with parameters that get no
+    #: gradient in a forward (DDP then stops with "Expected to have finished reduction").
+    find_unused_parameters: bool = False
+    #: Seconds a rank waits for the others at a collective (e.g. for the slowest rank's
+    #: rollouts to end) before the run is aborted.
+    timeout_s: int = 1800
+
+
+@dataclass
 class TrainConfig:
     """Everything ``turnrl train`` needs."""
 
@@ -211,6 +244,8 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     #: Policy updates (ppo); ignored by sft.
     total_updates: int = 20
     seed: int = 0
@@ -310,6 +345,14 @@ class TrainConfig:
                      f"rollout.max_new_tokens ({r.max_new_tokens})")
         if r.backend not in ("hf", "vllm"):
             e.append(f"rollout.backend must be 'hf' or 'vllm', got {r.backend!r}")
+        if r.env_pool not in ("local", "subprocess", "ray"):
+            e.append(f"rollout.env_pool must be 'local', 'subprocess' or 'ray', got {r.env_pool!r}")
+        if r.vllm_engines < 1:
+            e.append(f"rollout.vllm_engines must be >= 1, got {r.vllm_engines}")
+        elif r.vllm_engines > 1 and r.backend != "vllm":
+            e.append(f"rollout.vllm_engines={r.vllm_engines} needs rollout.backend=vllm")
+        if r.envs_per_worker < 1:
+            e.append(f"rollout.envs_per_worker must be >= 1, got {r.envs_per_worker}")
         if r.mode not in ("lockstep", "async"):
             e.append(f"rollout.mode must be 'lockstep' or 'async', got {r.mode!r}")
         elif r.mode == "async" and r.backend != "vllm":
@@ -330,6 +373,8 @@ class TrainConfig:
             e.append("algorithm.name is sft but sft.episodes is 0: set sft.episodes")
         if self.total_updates < 0:
             e.append(f"total_updates must be >= 0, got {self.total_updates}")
+        if not self.distributed.timeout_s > 0:
+            e.append(f"distributed.timeout_s must be > 0, got {self.distributed.timeout_s}")
         if e:
             raise ConfigError("invalid config:\n  - " + "\n  - ".join(e))
 
@@ -398,6 +443,7 @@ def _coerce(value: Any, hint: Any, key: str, errors: list[str]) -> Any:
 _SUBSECTION: dict[str, type] = {
     "model": ModelConfig, "env": EnvConfig, "rollout": RolloutConfig,
     "algorithm": AlgorithmConfig, "optim": OptimConfig, "sft": SFTConfig, "eval": EvalConfig,
+    "distributed": DistributedConfig, "ray": RayConfig,
 }
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from turnrl.envs import registry
+from turnrl.envs.pool import EnvPool, make_pool
 from turnrl.envs.suites import get_suite
 from turnrl.errors import ConfigError
 from turnrl.rollout import collect
@@ -36,7 +37,8 @@ class EnvMix:
         seed: seeds the sampler of train seeds and env choices.
     """
 
-    def __init__(self, entries: list[MixEntry], seed: int = 0) -> None:
+    def __init__(self, entries: list[MixEntry], seed: int = 0, *, env_pool: str = "local",
+                 envs_per_worker: int = 1, ray_address: str | None = None) -> None:
         if not entries:
             raise ConfigError("no environments to train on")
         total = sum(e.weight for e in entries)
@@ -46,9 +48,13 @@ class EnvMix:
         self.entries = entries
         self.probs = np.array([e.weight / total for e in entries])
         self.rng = np.random.default_rng(seed)
+        self.rank, self.world_size = 0, 1  # see shard()
+        self.pool_settings = {"envs_per_worker": envs_per_worker, "ray_address": ray_address}
+        self.env_pool = env_pool
+        self._pools: dict[tuple[str, str], EnvPool] = {}
 
     @classmethod
-    def from_config(cls, env_cfg: Any, seed: int = 0) -> EnvMix:
+    def from_config(cls, env_cfg: Any, seed: int = 0, **pool: Any) -> EnvMix:
         """Build from an :class:`~turnrl.trainer.config.EnvConfig`."""
         if env_cfg.suite:
             suite = get_suite(env_cfg.suite)
@@ -68,11 +74,31 @@ class EnvMix:
                 env_cfg.id, env_cfg.id, dict(env_cfg.kwargs),
                 tuple(range(*env_cfg.train_seeds)), tuple(range(*env_cfg.eval_seeds)), 1.0,
             )]
-        return cls(entries, seed)
+        return cls(entries, seed, **pool)
 
     def make_env_fn(self, entry: MixEntry, agent: Any = None) -> Callable[[], Any]:
         kwargs = registry.kwargs_for_agent(entry.env_id, entry.kwargs, agent)
-        return lambda: registry.make(entry.env_id, **kwargs)
+        return registry.factory(entry.env_id, **kwargs)
+
+    def envs_for(self, entry: MixEntry, agent: Any, num_envs: int) -> Callable[[], Any] | EnvPool:
+        """What :func:`collect` plays on: local envs are made per call; worker pools
+        (subprocess, Ray) are started once per (entry, env kwargs) and kept for the run."""
+        make = self.make_env_fn(entry, agent)
+        if self.env_pool == "local":
+            return make
+        key = (entry.name, repr(sorted(make.kwargs.items())))
+        pool = self._pools.get(key)
+        if pool is None or pool.size < num_envs:
+            if pool is not None:
+                pool.close()
+            pool = self._pools[key] = make_pool(self.env_pool, make, num_envs, **self.pool_settings)
+        return pool
+
+    def close(self) -> None:
+        """Stop the worker pools."""
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
 
     def prepare(self, eval_episodes: int, *, max_train_seeds: int = 1000) -> None:
         """Get episodes ready ahead of time (TextWorld: generate the games in parallel):
@@ -84,14 +110,54 @@ class EnvMix:
                 seeds += list(entry.train_seeds)
             registry.prepare(entry.env_id, seeds, entry.kwargs)
 
+    def shard(self, rank: int, world_size: int) -> None:
+        """Play only rank ``rank``'s share of every collection from now on (one of
+        ``world_size`` training processes): a contiguous block of the train groups (every
+        rank draws all of them from the same RNG, so the RNG stays in step and no group is
+        split) and of each entry's eval seeds. :meth:`merge` joins the ranks' episodes."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.rank, self.world_size = rank, world_size
+
+    def _mine(self, items: list[Any]) -> list[Any]:
+        from turnrl.trainer.distributed import shard_range
+
+        return [items[i] for i in shard_range(len(items), self.rank, self.world_size)]
+
     def sample_groups(self, n_groups: int) -> list[list[int]]:
-        """Train seeds for ``n_groups`` episode groups, split by entry."""
+        """Train seeds for ``n_groups`` episode groups (this rank's share of them, see
+        :meth:`shard`), split by entry."""
         picks = self.rng.choice(len(self.entries), size=n_groups, p=self.probs)
-        out: list[list[int]] = [[] for _ in self.entries]
+        drawn = []
         for i in picks:
             seeds = self.entries[i].train_seeds
-            out[i].append(int(seeds[self.rng.integers(len(seeds))]))
+            drawn.append((int(i), int(seeds[self.rng.integers(len(seeds))])))
+        out: list[list[int]] = [[] for _ in self.entries]
+        for i, seed in self._mine(drawn):
+            out[i].append(seed)
         return out
+
+    def merge(self, shards: list[list[tuple[str, Trajectory]]]) -> list[tuple[str, Trajectory]]:
+        """Join the episodes the ranks of a sharded run collected (one list per rank, in
+        rank order) into the order and group numbers one process would have produced:
+        entry by entry, each rank's block in turn, group indices offset past the groups
+        of the ranks before."""
+        import dataclasses
+
+        position = {e.name: i for i, e in enumerate(self.entries)}
+        offset: dict[str, int] = {}
+        merged = []
+        for shard in shards:
+            groups: dict[str, int] = {}
+            for name, traj in shard:
+                if traj.group is not None:
+                    groups[name] = max(groups.get(name, 0), traj.group + 1)
+                    traj = dataclasses.replace(traj, group=offset.get(name, 0) + traj.group)
+                merged.append((name, traj))
+            for name, count in groups.items():
+                offset[name] = offset.get(name, 0) + count
+        merged.sort(key=lambda item: position[item[0]])  # stable: ranks' blocks stay in order
+        return merged
 
     def collect_train(self, agent: Any, *, episodes: int, group_size: int, **kwargs: Any
                       ) -> list[tuple[str, Trajectory]]:
@@ -100,8 +166,8 @@ class EnvMix:
         for entry, seeds in zip(self.entries, self.sample_groups(episodes // group_size), strict=True):
             if not seeds:
                 continue
-            trajs = collect(self.make_env_fn(entry, agent), agent, seeds, env_id=entry.env_id,
-                            group_size=group_size, **kwargs)
+            trajs = collect(self.envs_for(entry, agent, kwargs.get("num_envs", 8)), agent, seeds,
+                            env_id=entry.env_id, group_size=group_size, **kwargs)
             result.extend((entry.name, t) for t in trajs)
         return result
 
@@ -109,8 +175,9 @@ class EnvMix:
         """The first ``episodes`` eval seeds of every entry."""
         result = []
         for entry in self.entries:
-            seeds = list(entry.eval_seeds[:episodes])
-            trajs = collect(self.make_env_fn(entry, agent), agent, seeds, env_id=entry.env_id, **kwargs)
+            seeds = self._mine(list(entry.eval_seeds[:episodes]))
+            trajs = collect(self.envs_for(entry, agent, kwargs.get("num_envs", 8)), agent, seeds,
+                            env_id=entry.env_id, **kwargs)
             result.extend((entry.name, t) for t in trajs)
         return result
 

@@ -16,14 +16,21 @@ __all__ = ["MetricsLogger", "read_metrics", "plot_run", "PLOT_GROUPS"]
 
 class MetricsLogger:
     """Appends one JSON line per update to ``metrics.jsonl`` and mirrors scalars to
-    TensorBoard (``tensorboard/``) when the ``tensorboard`` package is installed."""
+    TensorBoard (``tensorboard/``) when the ``tensorboard`` package is installed.
 
-    def __init__(self, run_dir: str | Path) -> None:
+    ``enabled=False`` writes nothing (every training process but the first one).
+    """
+
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
         self.samples_path = self.run_dir / "samples.jsonl"
         self.start = time.time()
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -32,6 +39,8 @@ class MetricsLogger:
             self.writer = None
 
     def log(self, step: int, metrics: dict[str, float], *, phase: str = "train") -> None:
+        if not self.enabled:
+            return
         row = {"step": step, "phase": phase, "time_s": round(time.time() - self.start, 3)}
         for key, value in metrics.items():
             value = float(value)
@@ -44,6 +53,8 @@ class MetricsLogger:
             self.writer.flush()
 
     def log_episodes(self, step: int, trajectories: Iterable[Trajectory], *, phase: str) -> None:
+        if not self.enabled:
+            return
         with open(self.samples_path, "a", encoding="utf-8") as f:
             for i, traj in enumerate(trajectories):
                 row = {"step": step, "phase": phase, "episode": i, **traj.to_dict()}
@@ -51,6 +62,8 @@ class MetricsLogger:
 
     def log_tokens(self, step: int, records: Iterable[dict[str, Any]], *, phase: str = "train") -> None:
         """Append token-level sample records to ``tokens.jsonl`` (read by ``turnrl view``)."""
+        if not self.enabled:
+            return
         with open(self.run_dir / "tokens.jsonl", "a", encoding="utf-8") as f:
             for record in records:
                 f.write(json.dumps({"step": step, "phase": phase, **record}, ensure_ascii=False) + "\n")

@@ -6,6 +6,11 @@ Every function takes a ``mask`` (1 on tokens that count) and a named aggregation
     mean over every unmasked token of the batch (long replies weigh more).
 ``seq-mean-token-mean``
     mean over tokens within each sequence, then mean over sequences.
+
+A batch processed in pieces (micro-batches, training processes) passes each piece the
+whole batch's count as ``normalizer`` (its tokens for ``token-mean``, its sequences with
+tokens for ``seq-mean-token-mean``); the pieces' losses, and so their gradients, then add
+up to exactly the whole batch's, however it is split.
 """
 
 from __future__ import annotations
@@ -23,18 +28,27 @@ LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
-def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor:
+def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean", *,
+              normalizer: float | None = None) -> torch.Tensor:
     """Reduce a ``[B, S]`` loss over masked tokens.
+
+    Args:
+        normalizer: divide the sum by this instead of this batch's own count (tokens for
+            ``token-mean``, sequences with tokens for ``seq-mean-token-mean``): the count
+            of the whole batch this one is a piece of.
 
     Raises:
         ValueError: unknown ``mode`` (the allowed ones are listed).
     """
     if mode == "token-mean":
-        return masked_mean(loss, mask)
+        if normalizer is None:
+            return masked_mean(loss, mask)
+        return torch.where(mask > 0, loss, torch.zeros_like(loss)).sum() / normalizer
     if mode == "seq-mean-token-mean":
         per_seq = masked_mean(loss, mask, dim=-1)
         has_tokens = (mask.sum(-1) > 0).to(loss.dtype)
-        return (per_seq * has_tokens).sum() / has_tokens.sum().clamp(min=1.0)
+        count = has_tokens.sum().clamp(min=1.0) if normalizer is None else normalizer
+        return (per_seq * has_tokens).sum() / count
     raise ValueError(f"loss aggregation must be one of {LOSS_AGG_MODES}, got {mode!r}")
 
 
@@ -51,6 +65,7 @@ def policy_loss(
     turn_index: torch.Tensor | None = None,
     token_weights: torch.Tensor | None = None,
     agg: str = "token-mean",
+    normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped PPO policy loss per token.
 
@@ -69,6 +84,7 @@ def policy_loss(
             ``ratio_guard``.
         token_weights: ``[B, S]`` constant weights on each token's loss (e.g. truncated
             importance weights between rollout engine and trainer).
+        normalizer: the whole batch's count when this is a piece of it (:func:`aggregate`).
 
     Returns:
         ``(loss, stats)`` with stats ``clipfrac``, ``approx_kl`` (k3 of old vs new),
@@ -101,7 +117,7 @@ def policy_loss(
         }
         if guarded is not None:
             stats["guard_frac"] = masked_mean(guarded.float(), mask)
-    return aggregate(loss, mask, agg), stats
+    return aggregate(loss, mask, agg, normalizer=normalizer), stats
 
 
 def _turns_over(ratio: torch.Tensor, mask: torch.Tensor, turn_index: torch.Tensor,
@@ -125,10 +141,12 @@ def value_loss(
     *,
     clip: float | None = 0.2,
     agg: str = "token-mean",
+    normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss ``0.5 * max((V - R)^2, (V_clip - R)^2)`` at masked positions.
 
     ``V_clip = old_V + clip(V - old_V, -clip, clip)``; ``clip=None`` disables clipping.
+    ``normalizer``: the whole batch's count when this is a piece of it (:func:`aggregate`).
     """
     err = (values - returns) ** 2
     if clip is not None:
@@ -139,7 +157,7 @@ def value_loss(
     else:
         loss = 0.5 * err
         clipfrac = values.new_tensor(0.0)
-    return aggregate(loss, mask, agg), {"vf_clipfrac": clipfrac}
+    return aggregate(loss, mask, agg, normalizer=normalizer), {"vf_clipfrac": clipfrac}
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -164,6 +182,8 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "
     raise ValueError(f"kl estimator must be one of {KL_ESTIMATORS}, got {kind!r}")
 
 
-def nll_loss(logprobs: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean") -> torch.Tensor:
-    """Masked negative log-likelihood (SFT on action tokens only)."""
-    return aggregate(-logprobs, mask, agg)
+def nll_loss(logprobs: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean", *,
+             normalizer: float | None = None) -> torch.Tensor:
+    """Masked negative log-likelihood (SFT on action tokens only); ``normalizer`` as in
+    :func:`aggregate`."""
+    return aggregate(-logprobs, mask, agg, normalizer=normalizer)

@@ -39,6 +39,7 @@ from turnrl.trainer.checkpoint import (
 )
 from turnrl.trainer.config import TrainConfig
 from turnrl.trainer.critic import ValueHead, ValueModel, gather_values
+from turnrl.trainer.distributed import Distributed, shard_range
 from turnrl.trainer.env_mix import EnvMix
 from turnrl.trainer.logging import MetricsLogger
 from turnrl.trainer.losses import aggregate, kl_penalty, nll_loss, policy_loss, value_loss
@@ -46,6 +47,12 @@ from turnrl.trainer.sft import ExpertTokens
 from turnrl.trajectory import Sample, Trajectory, build_samples
 
 __all__ = ["Trainer", "episode_metrics"]
+
+#: Update statistics reported as their largest value (over minibatches and ranks); the
+#: others are means over minibatches, summed over ranks where each rank holds a part.
+_MAX_STATS = ("ratio_max",)
+#: Statistics every rank computes alike (after the gradient all-reduce): not summed.
+_SAME_ON_EVERY_RANK = ("grad_norm", "critic_grad_norm", "nan_skipped")
 
 
 def episode_metrics(named: list[tuple[str, Trajectory]], prefix: str) -> dict[str, float]:
@@ -84,22 +91,36 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, resume: bool = False) -> None:
         self.cfg = config
         self.run_dir = Path(config.run_dir)
+        # One process, or one rank of several started by `accelerate launch` / torchrun.
+        self.dist = Distributed.from_config(config.distributed, device=config.model.device)
+        if self.dist.world_size > config.optim.minibatch_size:
+            raise ConfigError(
+                f"optim.minibatch_size ({config.optim.minibatch_size}) counts samples per "
+                f"optimizer step over all {self.dist.world_size} processes, so it must be at "
+                f"least {self.dist.world_size}; e.g. optim.minibatch_size="
+                f"{self.dist.world_size * config.optim.micro_batch_size}")
         if not resume and latest_checkpoint(self.run_dir) is not None:
             raise ConfigError(f"{self.run_dir} already holds a run; resume it with "
                               f"`turnrl train --resume {self.run_dir}` or pick a new run_dir")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         _seed_everything(config.seed)
-        self.logger = MetricsLogger(self.run_dir)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        self.envs = EnvMix.from_config(config.env, seed=config.seed)
-        self.envs.prepare(config.eval.episodes)  # e.g. generate TextWorld games in parallel
-        model_path = self._model_path()
+        self.logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main)  # rank 0 writes
+        if self.dist.is_main:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        self.envs = EnvMix.from_config(config.env, seed=config.seed, env_pool=config.rollout.env_pool,
+                                       envs_per_worker=config.rollout.envs_per_worker,
+                                       ray_address=config.ray.address)
+        self.envs.shard(self.dist.rank, self.dist.world_size)  # each rank plays its share
+        with self.dist.local_main_first():  # one rank per machine writes, the others then read
+            self.envs.prepare(config.eval.episodes)  # e.g. generate TextWorld games in parallel
+            model_path = self._model_path()
         if resume and config.model.lora and (self.run_dir / "sft_model" / "config.json").exists():
             model_path = str(self.run_dir / "sft_model")  # LoRA base after the SFT merge
         r = config.rollout
         self.policy = HFPolicy(
             model_path, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
-            device=config.model.device, dtype=config.model.dtype, seed=config.seed,
+            device=self.dist.device or config.model.device, dtype=config.model.dtype,
+            seed=self.dist.seed(config.seed),
         )
         self.tokenizer = self.policy.tokenizer
         self.lora = bool(config.model.lora)
@@ -122,6 +143,7 @@ class Trainer:
         self.phase_done: dict[str, Any] = {}
         if resume:
             self._resume()
+        self._prepare_training()
 
     # ================================================================ set-up
     def _model_path(self) -> str:
@@ -145,13 +167,20 @@ class Trainer:
         self.policy.model = model  # rollouts sample from the model being trained
 
     def _build_sampler(self, model_path: str) -> Any:
-        from turnrl.agents.vllm import VLLMPolicy
-
         r = self.cfg.rollout
-        sampler = VLLMPolicy(model_path, temperature=r.temperature, top_p=r.top_p,
-                             max_new_tokens=r.max_new_tokens, seed=self.cfg.seed,
-                             max_model_len=r.max_context_tokens + r.max_new_tokens,
-                             dtype=self.cfg.model.dtype, engine_kwargs=r.vllm)
+        kwargs = dict(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
+                      seed=self.dist.seed(self.cfg.seed),
+                      max_model_len=r.max_context_tokens + r.max_new_tokens,
+                      dtype=self.cfg.model.dtype, engine_kwargs=r.vllm)
+        if r.vllm_engines > 1:  # data-parallel rollout: engines as Ray actors
+            from turnrl.agents.vllm_ray import RayVLLMPolicy
+
+            sampler = RayVLLMPolicy(model_path, num_engines=r.vllm_engines,
+                                    address=self.cfg.ray.address, **kwargs)
+        else:
+            from turnrl.agents.vllm import VLLMPolicy
+
+            sampler = VLLMPolicy(model_path, **kwargs)
         sampler.sync_weights(self.model)  # LoRA / resumed weights, not only the base
         return sampler
 
@@ -172,6 +201,17 @@ class Trainer:
                           target_modules=spec.get("target_modules", "all-linear"),
                           task_type="CAUSAL_LM")
         return get_peft_model(model, lora)
+
+    def _prepare_training(self) -> None:
+        """The modules the training forward runs through, with their optimizers: the
+        policy and critic themselves in one process, DDP wrappers around them in several
+        (one all-reduce per minibatch). Rollouts, scoring and checkpoints keep using the
+        plain modules, which hold the same parameters."""
+        self.train_model, self.optimizer = self.dist.prepare(self.model, self.optimizer)
+        self.train_critic = self.critic
+        if self.critic is not None:
+            self.train_critic, self.critic_optimizer = self.dist.prepare(self.critic,
+                                                                         self.critic_optimizer)
 
     def _policy_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
@@ -209,17 +249,23 @@ class Trainer:
         """SFT warm start (if configured), then RL updates, with evaluations before, after
         SFT and after RL. Returns those evaluations."""
         results = self.phase_done.setdefault("results", {})
-        if "before" not in results:
-            results["before"] = self.evaluate("before")
-        if self.cfg.sft.episodes and "after_sft" not in results:
-            self.train_sft()
-            results["after_sft"] = self.evaluate("after_sft")
-            self.save()
-        if self.algo.name != "sft":
-            self.train_rl()
-            results["after_rl"] = self.evaluate("after_rl")
+        try:
+            if "before" not in results:
+                results["before"] = self.evaluate("before")
+            if self.cfg.sft.episodes and "after_sft" not in results:
+                self.train_sft()
+                results["after_sft"] = self.evaluate("after_sft")
+                self.save()
+            if self.algo.name != "sft":
+                self.train_rl()
+                results["after_rl"] = self.evaluate("after_rl")
+        finally:
+            self.envs.close()  # env worker processes / actors
+            if hasattr(self.sampler, "engines"):  # vLLM engine actors
+                self.sampler.close()
         self.save()
-        (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        if self.dist.is_main:
+            (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
         self.export()
         self.logger.close()
         return results
@@ -232,8 +278,10 @@ class Trainer:
         if self.lora:
             self._set_model(self.model.merge_and_unload())
             self.lora = False
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+        if self.dist.is_main:
+            self.model.save_pretrained(path)
+            self.tokenizer.save_pretrained(path)
+        self.dist.barrier()  # every rank returns once the files are there
         return path
 
     def train_rl(self) -> None:
@@ -242,11 +290,12 @@ class Trainer:
         if self.use_reference and self.update == 0 and not self.lora:
             # The policy RL starts from (after SFT), kept on disk for a resumed run.
             self.ref_model = self._build_reference()
-            self.ref_model.save_pretrained(self.run_dir / "reference")
+            if self.dist.is_main:
+                self.ref_model.save_pretrained(self.run_dir / "reference")
 
         total = self.cfg.total_updates
         bar = tqdm(total=total, initial=self.update, desc="rl", unit="update",
-                   disable=not self.cfg.progress)
+                   disable=not self._progress)
         while self.update < total:
             metrics = self.rl_update()
             self.update += 1
@@ -262,8 +311,8 @@ class Trainer:
     # ================================================================ one RL update
     def rl_update(self) -> dict[str, float]:
         cfg, t0 = self.cfg, time.time()
-        # ---- rollout
-        named = self._rollout()
+        # ---- rollout (each rank plays its share; every rank then holds all episodes)
+        named = self._gather_episodes(self._rollout())
         trajs = [t for _, t in named]
         samples = build_samples(trajs, cfg.rollout.context)
         t_rollout = time.time() - t0
@@ -298,7 +347,7 @@ class Trainer:
             metrics["value/mean"] = float(values[:, :-1][scored["turn_mask"] > 0].mean())
         if cfg.log_episodes:
             self.logger.log_episodes(self.update, trajs[: cfg.log_episodes], phase="train")
-        if cfg.log_tokens:
+        if cfg.log_tokens and self.dist.is_main:
             t2 = time.time()
             self.logger.log_tokens(self.update, self._token_records(named, samples, scored, turn_adv))
             metrics["perf/log_tokens_s"] = time.time() - t2
@@ -331,6 +380,18 @@ class Trainer:
             })
         return records
 
+    @property
+    def _progress(self) -> bool:
+        """Show progress bars: when configured, and on rank 0 only."""
+        return self.cfg.progress and self.dist.is_main
+
+    def _gather_episodes(self, named: list[tuple[str, Trajectory]]) -> list[tuple[str, Trajectory]]:
+        """Every rank's episodes, in the order one process would have collected them (this
+        rank's own in one process)."""
+        if self.dist.world_size == 1:
+            return named
+        return self.envs.merge(self.dist.gather(named))
+
     def _rollout(self) -> list[tuple[str, Trajectory]]:
         r = self.cfg.rollout
         self.sampler.greedy = False
@@ -340,9 +401,23 @@ class Trainer:
             step_workers=r.step_workers, mode=r.mode,
         )
 
-    @torch.no_grad()
     def _score(self, samples: list[Sample]) -> dict[str, Any]:
-        """Logprobs of the current (old) policy, critic values, reference logprobs."""
+        """Logprobs of the current (old) policy, critic values, reference logprobs; each
+        rank scores a contiguous block of the samples, and every rank gets all blocks."""
+        block = self.dist.shard(len(samples))
+        parts = self.dist.gather(self._score_block(samples[block.start:block.stop]))
+        diffs = sum(p["mismatch_sum"] for p in parts)
+        count = sum(p["mismatch_count"] for p in parts)
+        return {
+            "old_logp": [x for p in parts for x in p["old_logp"]],
+            "ref_logp": [x for p in parts for x in p["ref_logp"]] if self.use_reference else None,
+            "values": [x for p in parts for x in p["values"]],
+            "mismatch_mean": diffs / count if count else 0.0,
+            "mismatch_max": max(p["mismatch_max"] for p in parts),
+        }
+
+    @torch.no_grad()
+    def _score_block(self, samples: list[Sample]) -> dict[str, Any]:
         mb = self.cfg.optim.micro_batch_size
         old_logp, ref_logp, values = [], [], []
         mismatch = []
@@ -365,23 +440,26 @@ class Trainer:
                 ref = self._reference_logprobs(batch)
                 ref_logp.extend(ref[i, : len(s)].cpu() for i, s in enumerate(chunk))
         self.model.train()
-        diffs = torch.cat(mismatch) if mismatch else torch.zeros(1)
-        return {"old_logp": old_logp, "ref_logp": ref_logp or None, "values": values,
-                "mismatch_mean": float(diffs.mean()) if diffs.numel() else 0.0,
+        diffs = torch.cat(mismatch) if mismatch else torch.zeros(0)
+        return {"old_logp": old_logp, "ref_logp": ref_logp, "values": values,
+                "mismatch_sum": float(diffs.sum()), "mismatch_count": diffs.numel(),
                 "mismatch_max": float(diffs.max()) if diffs.numel() else 0.0}
 
     def _critic_reads_hidden(self) -> bool:
         """The critic is a head on the policy's hidden states (shared or detached)."""
         return self.critic is not None and isinstance(self.critic, ValueHead)
 
-    def _values(self, batch: Batch, hidden: torch.Tensor | None) -> torch.Tensor:
-        """``[B, K]`` values at the batch's value positions (zeros without a critic)."""
+    def _values(self, batch: Batch, hidden: torch.Tensor | None, *, train: bool = False
+                ) -> torch.Tensor:
+        """``[B, K]`` values at the batch's value positions (zeros without a critic);
+        ``train``: through the critic's training wrapper (in the update)."""
         if self.critic is None:
             return torch.zeros_like(batch.value_mask)
+        critic = self.train_critic if train else self.critic
         if isinstance(self.critic, ValueHead):
-            per_token = self.critic(hidden)
+            per_token = critic(hidden)
         else:
-            per_token = self.critic(batch.input_ids, batch.attention_mask)
+            per_token = critic(batch.input_ids, batch.attention_mask)
         return gather_values(per_token, batch.value_positions, batch.value_mask)
 
     def _advantages(self, trajs: list[Trajectory], samples: list[Sample], scored: dict[str, Any],
@@ -448,75 +526,156 @@ class Trainer:
                     samples, scored, turn_adv, returns, train_policy,
                 )
                 for key, value in stats.items():
-                    sums[key] = sums.get(key, 0.0) + value
+                    sums[key] = (max(sums.get(key, value), value) if key in _MAX_STATS
+                                 else sums.get(key, 0.0) + value)
                 count += 1
-        return {k: v / max(count, 1) for k, v in sums.items()}
+        sums = self._sum_over_ranks(sums)
+        return {k: v if k in _MAX_STATS else v / max(count, 1) for k, v in sums.items()}
+
+    def _sum_over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
+        """Add up the ranks' parts of the update statistics (each rank holds its samples'
+        part of every loss); the largest for :data:`_MAX_STATS`; rank 0's for those every
+        rank computes alike."""
+        if self.dist.world_size == 1:
+            return stats
+        parts = self.dist.gather(stats)
+        out: dict[str, float] = {}
+        for key in dict.fromkeys(k for part in parts for k in part):
+            values = [part[key] for part in parts if key in part]
+            if key in _SAME_ON_EVERY_RANK:
+                out[key] = values[0]
+            else:
+                out[key] = max(values) if key in _MAX_STATS else sum(values)
+        return out
+
+    def _micro_batches(self, idx: list[int]) -> list[tuple[list[int], bool]]:
+        """This rank's share of the batch ``idx`` as micro-batches of at most
+        ``optim.micro_batch_size`` samples, as many on every rank, so that all ranks run
+        the same number of forward and backward passes. A rank left with fewer samples than
+        micro-batches pads with dummy ones (``True`` in the pair): a real sample whose loss
+        is masked out."""
+        size = self.cfg.optim.micro_batch_size
+        n_micro = max(1, -(-len(idx) // (self.dist.world_size * size)))
+        block = self.dist.shard(len(idx))
+        mine = idx[block.start:block.stop]
+        out = []
+        for k in range(n_micro):
+            part = shard_range(len(mine), k, n_micro)
+            out.append(([mine[i] for i in part], False) if len(part) else (idx[:1], True))
+        return out
+
+    def _normalizers(self, idx: list[int], samples: list[Sample], scored: dict[str, Any]
+                     ) -> dict[str, float]:
+        """What the loss terms of the batch ``idx`` are divided by, so that its pieces
+        (micro-batches, ranks) add up to it: ``policy`` (action tokens for token-mean,
+        sequences with action tokens for seq-mean-token-mean), ``tokens`` and ``values``
+        (value targets)."""
+        chosen = [samples[i] for i in idx]
+        values = 0
+        if self.critic is not None:
+            values = sum(turn < scored["num_turns"][s.trajectory]
+                         for s in chosen for turn in s.value_turns)
+        return {"policy": _policy_normalizer(chosen, self.cfg.algorithm.loss_agg),
+                "tokens": _policy_normalizer(chosen, "token-mean"), "values": max(values, 1)}
 
     def _minibatch(self, idx: list[int], samples, scored, turn_adv, returns, train_policy
                    ) -> dict[str, float]:
-        o, a = self.cfg.optim, self.cfg.algorithm
-        micro = [idx[i:i + o.micro_batch_size] for i in range(0, len(idx), o.micro_batch_size)]
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.critic_optimizer is not None:
-            self.critic_optimizer.zero_grad(set_to_none=True)
+        """One optimizer step on the samples ``idx`` (the same list on every rank). Each
+        rank runs its share in micro-batches, gradients are all-reduced at the last one,
+        and every rank takes the same step. A non-finite loss or gradient on any rank skips
+        the step on all of them (NaN guard)."""
+        o = self.cfg.optim
+        norm = self._normalizers(idx, samples, scored)
+        modules = [m for m in (self.train_model, self.train_critic) if m is not None]
+        self._zero_grad()
         acc: dict[str, float] = {}
-        for mb in micro:
-            batch = collate([samples[i] for i in mb], self.policy.pad_id, mb).to(self.device)
-            old = _pad([scored["old_logp"][i] for i in mb], batch.input_ids.shape[1]).to(self.device)
-            traj = torch.tensor([samples[i].trajectory for i in mb])
-            adv_tokens = _spread(turn_adv[traj], batch.turn_index.cpu()).to(self.device)
-            out = token_logprobs(self.model, batch.input_ids, batch.attention_mask,
-                                 temperature=self.policy.temperature, with_entropy=True,
-                                 with_hidden=self._critic_reads_hidden())
-            mask = batch.loss_mask
-            weights = None
-            if a.tis_cap is not None:  # rollout engine vs trainer: truncated importance weights
-                weights = torch.exp(old - batch.rollout_logprobs).clamp(max=a.tis_cap) * mask
-            pg, pg_stats = policy_loss(out["logprobs"], old, adv_tokens, mask,
-                                       clip_low=a.clip_ratio, clip_high=a.clip_ratio,
-                                       dual_clip=a.dual_clip, ratio_guard=a.ratio_guard or None,
-                                       turn_index=batch.turn_index, token_weights=weights,
-                                       agg=a.loss_agg)
-            entropy = aggregate(out["entropy"], mask, a.loss_agg)
-            loss = pg - a.entropy_coef * entropy
-            if scored["ref_logp"] is not None:
-                ref = _pad([scored["ref_logp"][i] for i in mb], mask.shape[1]).to(self.device)
-                kl = aggregate(kl_penalty(out["logprobs"], ref, a.kl_estimator), mask, a.loss_agg)
-                if a.kl_in == "loss":
-                    loss = loss + a.kl_coef * kl
-                acc["kl_ref"] = acc.get("kl_ref", 0.0) + float(kl.detach()) / len(micro)
-            v_loss = self._value_loss(batch, out.get("hidden"), mb, samples, scored, returns)
-            total = (loss if train_policy else loss * 0.0)
-            if v_loss is not None:
-                # vf_coef weighs value against policy gradients in a shared backbone; a
-                # separate critic or a detached head has its own optimizer and lr.
-                total = total + (a.vf_coef if self.cfg.model.critic == "shared" else 1.0) * v_loss
-                acc["value_loss"] = acc.get("value_loss", 0.0) + float(v_loss.detach()) / len(micro)
-            if not torch.isfinite(total):
-                acc["nan_skipped"] = 1.0
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.critic_optimizer is not None:
-                    self.critic_optimizer.zero_grad(set_to_none=True)
-                return acc  # NaN guard: skip this optimizer step, log it
-            (total * len(mb) / len(idx)).backward()
-            acc["policy_loss"] = acc.get("policy_loss", 0.0) + float(pg.detach()) / len(micro)
-            acc["entropy"] = acc.get("entropy", 0.0) + float(entropy.detach()) / len(micro)
-            for key, value in pg_stats.items():
-                acc[key] = acc.get(key, 0.0) + float(value) / len(micro)
-        acc["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.max_grad_norm))
+        finite = True
+        micro = self._micro_batches(idx)
+        for k, (mb, dummy) in enumerate(micro):
+            with self.dist.sync(modules, enabled=k == len(micro) - 1):
+                total, stats = self._micro_loss(mb, dummy, samples, scored, turn_adv, returns,
+                                                norm, train_policy)
+                if torch.isfinite(total):
+                    for key, value in stats.items():
+                        acc[key] = (max(acc.get(key, value), value) if key in _MAX_STATS
+                                    else acc.get(key, 0.0) + value)
+                else:
+                    finite = False
+                # Even a NaN loss is backpropagated: every rank must join the all-reduce.
+                self.dist.backward(total)
+        skip = self.dist.any(not finite)
+        if not skip:
+            acc["grad_norm"] = self.dist.clip_grad_norm(self.model, o.max_grad_norm)
+            if self.critic is not None:
+                acc["critic_grad_norm"] = self.dist.clip_grad_norm(self.critic, o.max_grad_norm)
+            skip = not all(math.isfinite(acc.get(k, 0.0)) for k in ("grad_norm", "critic_grad_norm"))
+        acc["nan_skipped"] = float(skip)
+        if skip:
+            self._zero_grad()
+            return acc
         if train_policy:
             self.optimizer.step()
         if self.critic_optimizer is not None:
-            acc["critic_grad_norm"] = float(
-                torch.nn.utils.clip_grad_norm_(self.critic.parameters(), o.max_grad_norm))
             self.critic_optimizer.step()
-        acc["nan_skipped"] = acc.get("nan_skipped", 0.0)
         return acc
 
-    def _value_loss(self, batch: Batch, hidden, mb, samples, scored, returns) -> torch.Tensor | None:
+    def _zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.critic_optimizer is not None:
+            self.critic_optimizer.zero_grad(set_to_none=True)
+
+    def _micro_loss(self, mb: list[int], dummy: bool, samples, scored, turn_adv, returns,
+                    norm: dict[str, float], train_policy: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        """A micro-batch's part of its minibatch's loss (every term divided by the
+        minibatch's count in ``norm``), and its part of the statistics (none for a dummy)."""
+        a = self.cfg.algorithm
+        batch = collate([samples[i] for i in mb], self.policy.pad_id, mb).to(self.device)
+        if dummy:  # runs the passes every rank must run; adds nothing
+            batch.loss_mask = torch.zeros_like(batch.loss_mask)
+        old = _pad([scored["old_logp"][i] for i in mb], batch.input_ids.shape[1]).to(self.device)
+        traj = torch.tensor([samples[i].trajectory for i in mb])
+        adv_tokens = _spread(turn_adv[traj], batch.turn_index.cpu()).to(self.device)
+        out = token_logprobs(self.train_model, batch.input_ids, batch.attention_mask,
+                             temperature=self.policy.temperature, with_entropy=True,
+                             with_hidden=self._critic_reads_hidden())
+        mask = batch.loss_mask
+        weights = None
+        if a.tis_cap is not None:  # rollout engine vs trainer: truncated importance weights
+            weights = torch.exp(old - batch.rollout_logprobs).clamp(max=a.tis_cap) * mask
+        pg, pg_stats = policy_loss(out["logprobs"], old, adv_tokens, mask,
+                                   clip_low=a.clip_ratio, clip_high=a.clip_ratio,
+                                   dual_clip=a.dual_clip, ratio_guard=a.ratio_guard or None,
+                                   turn_index=batch.turn_index, token_weights=weights,
+                                   agg=a.loss_agg, normalizer=norm["policy"])
+        entropy = aggregate(out["entropy"], mask, a.loss_agg, normalizer=norm["policy"])
+        loss = pg - a.entropy_coef * entropy
+        # Token means over this micro-batch, weighted by its share of the minibatch's tokens.
+        share = float(mask.sum()) / norm["tokens"]
+        stats = {"policy_loss": float(pg.detach()), "entropy": float(entropy.detach())}
+        for key, value in pg_stats.items():
+            stats[key] = float(value) if key in _MAX_STATS else float(value) * share
+        if scored["ref_logp"] is not None:
+            ref = _pad([scored["ref_logp"][i] for i in mb], mask.shape[1]).to(self.device)
+            kl = aggregate(kl_penalty(out["logprobs"], ref, a.kl_estimator), mask, a.loss_agg,
+                           normalizer=norm["policy"])
+            if a.kl_in == "loss":
+                loss = loss + a.kl_coef * kl
+            stats["kl_ref"] = float(kl.detach())
+        v_loss = self._value_loss(batch, out.get("hidden"), mb, samples, scored, returns,
+                                  normalizer=norm["values"], dummy=dummy)
+        total = (loss if train_policy else loss * 0.0)
+        if v_loss is not None:
+            # vf_coef weighs value against policy gradients in a shared backbone; a
+            # separate critic or a detached head has its own optimizer and lr.
+            total = total + (a.vf_coef if self.cfg.model.critic == "shared" else 1.0) * v_loss
+            stats["value_loss"] = float(v_loss.detach())
+        return total, ({} if dummy else stats)
+
+    def _value_loss(self, batch: Batch, hidden, mb, samples, scored, returns, *,
+                    normalizer: float | None = None, dummy: bool = False) -> torch.Tensor | None:
         if self.critic is None:
             return None
-        values = self._values(batch, hidden)
+        values = self._values(batch, hidden, train=True)
         k = values.shape[1]
         old = torch.zeros(len(mb), k)
         target = torch.zeros(len(mb), k)
@@ -524,18 +683,20 @@ class Trainer:
         for row, i in enumerate(mb):
             s = samples[i]
             for j, turn in enumerate(s.value_turns):
-                if turn < scored["num_turns"][s.trajectory]:  # V(s_L) is a bootstrap, no target
+                if turn < scored["num_turns"][s.trajectory] and not dummy:  # V(s_L): bootstrap only
                     old[row, j] = scored["values"][i][j]
                     target[row, j] = returns[s.trajectory, turn]
                     train[row, j] = 1.0
         dev = self.device
         loss, _ = value_loss(values, old.to(dev), target.to(dev), train.to(dev),
-                             clip=self.cfg.algorithm.value_clip, agg="token-mean")
+                             clip=self.cfg.algorithm.value_clip, agg="token-mean",
+                             normalizer=normalizer)
         return loss
 
     # ================================================================ SFT
     def train_sft(self) -> dict[str, float]:
-        """Masked NLL on expert episodes gathered from ``info["expert_action"]``."""
+        """Masked NLL on expert episodes gathered from ``info["expert_action"]`` (each rank
+        plays its share of them; each rank trains on its part of every batch)."""
         from tqdm import tqdm
 
         s_cfg, r = self.cfg.sft, self.cfg.rollout
@@ -543,30 +704,18 @@ class Trainer:
         named = self.envs.collect_train(expert, episodes=s_cfg.episodes, group_size=1,
                                         num_envs=r.num_envs, context=r.context,
                                         max_context_tokens=r.max_context_tokens)
-        samples = build_samples([t for _, t in named], r.context)
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=s_cfg.lr)
+        samples = build_samples([t for _, t in self._gather_episodes(named)], r.context)
+        optimizer = self.dist.prepare_optimizer(torch.optim.AdamW(self.model.parameters(), lr=s_cfg.lr))
         rng = np.random.default_rng(self.cfg.seed)
-        mb = self.cfg.optim.micro_batch_size
         self.model.train()
         losses = []
-        for epoch in tqdm(range(s_cfg.epochs), desc="sft", unit="epoch", disable=not self.cfg.progress):
+        for epoch in tqdm(range(s_cfg.epochs), desc="sft", unit="epoch", disable=not self._progress):
             order = rng.permutation(len(samples))
-            epoch_loss = []
-            for start in range(0, len(order), s_cfg.batch_size):
-                idx = [int(i) for i in order[start:start + s_cfg.batch_size]]
-                optimizer.zero_grad(set_to_none=True)
-                total = 0.0
-                for m0 in range(0, len(idx), mb):
-                    chunk = idx[m0:m0 + mb]
-                    batch = collate([samples[i] for i in chunk], self.policy.pad_id).to(self.device)
-                    out = token_logprobs(self.model, batch.input_ids, batch.attention_mask)
-                    loss = nll_loss(out["logprobs"], batch.loss_mask, self.cfg.algorithm.loss_agg)
-                    (loss * len(chunk) / len(idx)).backward()
-                    total += float(loss.detach()) * len(chunk) / len(idx)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
-                optimizer.step()
-                epoch_loss.append(total)
-            losses.append(float(np.mean(epoch_loss)))
+            parts = [self._sft_step([int(i) for i in order[start:start + s_cfg.batch_size]],
+                                    samples, optimizer)
+                     for start in range(0, len(order), s_cfg.batch_size)]
+            # each batch's loss: the sum of the ranks' parts
+            losses.append(float(np.mean([sum(x) for x in zip(*self.dist.gather(parts), strict=True)])))
             self.logger.log(epoch, {"sft/sft_loss": losses[-1]}, phase="sft")
         self.phase_done["sft_epochs"] = s_cfg.epochs
         if self.lora:
@@ -574,15 +723,36 @@ class Trainer:
         self._sync_sampler()
         return {"sft_loss": losses[-1] if losses else math.nan, "sft_samples": len(samples)}
 
+    def _sft_step(self, idx: list[int], samples: list[Sample], optimizer: Any) -> float:
+        """One SFT optimizer step on the samples ``idx``; this rank's part of its loss."""
+        agg = self.cfg.algorithm.loss_agg
+        normalizer = _policy_normalizer([samples[i] for i in idx], agg)
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        micro = self._micro_batches(idx)
+        for k, (chunk, dummy) in enumerate(micro):
+            with self.dist.sync([self.train_model], enabled=k == len(micro) - 1):
+                batch = collate([samples[i] for i in chunk], self.policy.pad_id).to(self.device)
+                mask = torch.zeros_like(batch.loss_mask) if dummy else batch.loss_mask
+                out = token_logprobs(self.train_model, batch.input_ids, batch.attention_mask)
+                loss = nll_loss(out["logprobs"], mask, agg, normalizer=normalizer)
+                self.dist.backward(loss)
+                total += float(loss.detach())
+        self.dist.clip_grad_norm(self.model, self.cfg.optim.max_grad_norm)
+        optimizer.step()
+        return total
+
     def _merge_sft_adapters(self) -> None:
         """Fold the SFT adapters into the base and start RL with fresh ones, so the KL
         reference (adapters off) is the post-SFT policy, as it is without LoRA. The merged
         base is saved to ``run_dir/sft_model`` for a resumed run."""
         base = self.model.merge_and_unload()
-        base.save_pretrained(self.run_dir / "sft_model")
-        self.tokenizer.save_pretrained(self.run_dir / "sft_model")
+        if self.dist.is_main:
+            base.save_pretrained(self.run_dir / "sft_model")
+            self.tokenizer.save_pretrained(self.run_dir / "sft_model")
         self._set_model(self._with_lora(base))
         self.optimizer = self._policy_optimizer()
+        self.train_model, self.optimizer = self.dist.prepare(self.model, self.optimizer)
 
     # ================================================================ evaluation
     def evaluate(self, label: str) -> dict[str, float]:
@@ -594,6 +764,7 @@ class Trainer:
                                            step_workers=r.step_workers, mode=r.mode)
         finally:
             self.sampler.greedy = False
+        named = self._gather_episodes(named)  # each rank played a share of the eval seeds
         metrics = episode_metrics(named, "eval")
         self.logger.log(self.update, metrics, phase=f"eval:{label}")
         self.logger.log_episodes(self.update, [t for _, t in named][: self.cfg.log_episodes],
@@ -602,6 +773,9 @@ class Trainer:
 
     # ================================================================ checkpoints
     def save(self) -> Path:
+        """Write a checkpoint (rank 0). Every rank calls it: each one's sampling RNG is
+        kept, so a resumed run on as many processes samples as the straight one would."""
+        policy_rngs = self.dist.gather(self.policy.generator.get_state())
         extra = {
             "update": self.update,
             "optimizer": self.optimizer.state_dict(),
@@ -609,11 +783,13 @@ class Trainer:
             "critic_optimizer": (self.critic_optimizer.state_dict()
                                  if self.critic_optimizer is not None else None),
             "env_rng": self.envs.state(),
-            "policy_rng": self.policy.generator.get_state(),
+            "policy_rng": policy_rngs[0],
+            "policy_rng_ranks": policy_rngs,
             "phase_done": self.phase_done,
         }
-        return save_checkpoint(self.run_dir, self.update, model=self.model,
-                               tokenizer=self.tokenizer, extra=extra)
+        path = (save_checkpoint(self.run_dir, self.update, model=self.model,
+                                tokenizer=self.tokenizer, extra=extra) if self.dist.is_main else None)
+        return self.dist.gather(path)[0]  # rank 0's path, once it is written
 
     def _resume(self) -> None:
         path = latest_checkpoint(self.run_dir)
@@ -639,7 +815,13 @@ class Trainer:
             self.critic.load_state_dict(state["critic"])
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.envs.set_state(state["env_rng"])
-        self.policy.generator.set_state(state["policy_rng"])
+        rngs = state.get("policy_rng_ranks") or [state["policy_rng"]]
+        if len(rngs) == self.dist.world_size:
+            self.policy.generator.set_state(rngs[self.dist.rank])
+        else:  # resumed on another number of processes: rank 0 goes on, the others restart
+            self.policy.generator.set_state(state["policy_rng"])
+            if self.dist.rank:
+                self.policy.generator.manual_seed(self.dist.seed(self.cfg.seed) + int(state["update"]))
         set_rng_state(state["rng"])
         self.update = int(state["update"])
         self.phase_done = state.get("phase_done", {})
@@ -650,6 +832,13 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _policy_normalizer(samples: list[Sample], agg: str) -> int:
+    """A batch's count for its policy-loss terms: action tokens (``token-mean``) or
+    sequences with any (``seq-mean-token-mean``); at least 1."""
+    tokens = [sum(s.loss_mask) for s in samples]
+    return max(sum(tokens) if agg == "token-mean" else sum(t > 0 for t in tokens), 1)
 
 
 def _group_ids(named: list[tuple[str, Trajectory]]) -> list[int]:
