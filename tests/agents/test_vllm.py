@@ -183,3 +183,39 @@ def test_openai_agent_against_vllm_serve(model_dir, tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+@pytest.mark.slow
+def test_data_parallel_engines_on_ray(model_dir, engine):
+    """Two vLLM engines as Ray actors (local Ray): the same greedy replies as one engine,
+    a weight sync reaches both, and async episodes stick to one engine."""
+    ray = pytest.importorskip("ray")
+    from turnrl.agents.vllm_ray import RayVLLMPolicy
+    from turnrl.rollout import collect
+
+    hf = HFPolicy(str(model_dir), max_new_tokens=8)
+    engine.sync_weights(hf.model)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    dp = RayVLLMPolicy(str(model_dir), num_engines=2, max_new_tokens=8, max_model_len=512, seed=0)
+    try:
+        assert len(set(dp.pids)) == 2
+        prompts = _prompts(hf) + _prompts(hf)[:1]  # 4 prompts: 2 per engine
+        single = [a.token_ids for a in engine.generate(prompts, greedy=True)]
+        assert [a.token_ids for a in dp.generate(prompts, greedy=True)] == single
+        with torch.no_grad():
+            for p in hf.model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        dp.sync_weights(hf.model)
+        assert dp.syncs == 1 and dp.last_sync_s > 0
+        for prompt, action in zip(prompts, dp.generate(prompts), strict=True):  # both engines
+            assert max(abs(x - y) for x, y in zip(action.logprobs, _hf_logprobs(hf.model, prompt, action.token_ids),
+                                                   strict=True)) < 1e-4
+        trajs = collect(lambda: turnrl.make("turnrl/GuessVLLM-v0"), dp, range(6), num_envs=6,
+                        max_context_tokens=400, mode="async")
+        assert [t.seed for t in trajs] == list(range(6)) and all(t.turns[0].logprobs for t in trajs)
+    finally:
+        dp.close()
+        if started:
+            ray.shutdown()

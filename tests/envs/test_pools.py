@@ -199,3 +199,34 @@ def test_ray_pool_restarts_a_killed_actor(ray_cluster):
         assert pool.restarts == 1 and pool.reset(1, 3)[0]
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("kind", ["subprocess", "ray"])
+def test_training_on_worker_pools(kind, request, tiny_guess_model, tmp_path):
+    """Two PPO updates with the envs in worker processes / Ray actors: the same rollouts as
+    local envs would give, pools kept across updates and stopped at the end."""
+    pytest.importorskip("torch")
+    if kind == "ray":
+        request.getfixturevalue("ray_cluster")
+    from turnrl.trainer import Trainer, load_config
+
+    def run(pool, name):
+        cfg = load_config(None, [
+            f"model.name_or_path={tiny_guess_model}", "env.id=turnrl/GuessPool-v0",
+            "rollout.episodes_per_update=8", "rollout.max_new_tokens=5", "rollout.num_envs=4",
+            f"rollout.env_pool={pool}", "rollout.envs_per_worker=2", "total_updates=2",
+            f"run_dir={tmp_path / name}", "eval.episodes=4", "progress=false", "optim.lr=1e-3",
+            "optim.minibatch_size=4", "optim.micro_batch_size=4",
+        ])
+        trainer = Trainer(cfg)
+        trainer.fit()
+        assert not trainer.envs._pools  # stopped
+        return [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    import json
+
+    remote, local = run(kind, "remote"), run("local", "local")
+    keys = ("rollout/success", "rollout/return", "rollout/turns", "policy_loss")
+    assert [[row.get(k) for k in keys] for row in remote] == [[row.get(k) for k in keys] for row in local]
+    train = [row for row in remote if row["phase"] == "train"]
+    assert len(train) == 2 and all(row["rollout/restarts"] == 0 for row in train)
