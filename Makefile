@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,train,alfworld,code,docker,ride,ray
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps test test-fast test-vllm vllm demo lint clean
+.PHONY: help venv system-deps test test-fast test-vllm vllm demo lint bench clean
 
 help:
 	@echo "make demo       set up; baselines on the TextWorld suite; train a tiny model (SFT + PPO)"
@@ -19,6 +19,7 @@ help:
 	@echo "make test-fast  tests without the slow ones"
 	@echo "make lint       ruff"
 	@echo "make test-vllm  install vLLM (CPU build) into the venv, then run its tests"
+	@echo "make bench      run the benchmarks (about 15 min on 2 cores) and refresh BENCHMARKS.md"
 
 # System packages the tests need: bubblewrap (the code sandbox) and chromium (the
 # report viewer's browser test, driven by Playwright through the system browser).
@@ -70,6 +71,18 @@ vllm: $(VENV)/.vllm
 
 test-vllm: vllm system-deps
 	VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 $(PY) -m pytest -q tests/agents/test_vllm.py $(PYTEST_ARGS)
+
+# Each script writes benchmarks/results/NAME.json; report.py puts the tables into
+# BENCHMARKS.md. trainer_vs_trl builds its own venv with TRL on first use.
+bench: venv vllm system-deps
+	$(PY) benchmarks/env_overhead.py
+	$(PY) benchmarks/rollout_throughput.py
+	$(PY) benchmarks/turn_scaling.py
+	$(PY) benchmarks/trainer_vs_trl.py
+	$(PY) benchmarks/sandbox_latency.py --backends bubblewrap,process,docker
+	VLLM_CPU_KVCACHE_SPACE=1 $(PY) benchmarks/rollout_backends.py
+	$(PY) benchmarks/env_pools.py
+	$(PY) benchmarks/report.py
 
 lint: venv
 	$(VENV)/bin/ruff check turnrl tests benchmarks
