@@ -73,15 +73,17 @@ test-vllm: vllm system-deps
 	VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 $(PY) -m pytest -q tests/agents/test_vllm.py $(PYTEST_ARGS)
 
 # Each script writes benchmarks/results/NAME.json; report.py puts the tables into
-# BENCHMARKS.md. trainer_vs_trl builds its own venv with TRL on first use.
+# BENCHMARKS.md. trainer_vs_trl builds its own venv with TRL on first use. Settings are
+# trimmed to fit ~15 min on 2 cores; each script's defaults measure more (ALFWorld's
+# official sample, ALFWorld rollouts, 32 episodes per pool).
 bench: venv vllm system-deps
-	$(PY) benchmarks/env_overhead.py
+	$(PY) benchmarks/env_overhead.py --official ""
 	$(PY) benchmarks/rollout_throughput.py
 	$(PY) benchmarks/turn_scaling.py
 	$(PY) benchmarks/trainer_vs_trl.py
 	$(PY) benchmarks/sandbox_latency.py --backends bubblewrap,process,docker
-	VLLM_CPU_KVCACHE_SPACE=1 $(PY) benchmarks/rollout_backends.py
-	$(PY) benchmarks/env_pools.py
+	VLLM_CPU_KVCACHE_SPACE=1 $(PY) benchmarks/rollout_backends.py --episodes 32 --workloads textworld tool-latency
+	$(PY) benchmarks/env_pools.py --episodes 16
 	$(PY) benchmarks/report.py
 
 lint: venv

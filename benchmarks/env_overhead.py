@@ -44,6 +44,7 @@ def main() -> None:
                         help="ALFWorld json_2.1.1 folder to time too")
     parser.add_argument("--out", default=str(HERE / "results" / "env_overhead.json"))
     args = parser.parse_args()
+    command = " ".join(["python benchmarks/env_overhead.py", *sys.argv[1:]])  # before engines touch argv
     sys.path.insert(0, str(HERE))
     import alfworld_env
     import textworld_env
@@ -79,7 +80,7 @@ def main() -> None:
                for env in ("TextWorld", "ALFWorld")}
     report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "python": platform.python_version(),
-              "command": "python benchmarks/env_overhead.py " + " ".join(sys.argv[1:]),
+              "command": command,
               "goal": "turnrl / raw step time <= 1.05", "median_ratio": summary, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))

@@ -36,9 +36,11 @@ def section(name: str) -> str | None:
         return None
     report = json.loads(path.read_text())
     module = importlib.import_module(name)
-    header = (f"`{report.get('command', 'python benchmarks/' + name + '.py')}` — "
+    table = (module.markdown(report["rows"], report["advantage_checks"]) if name == "trainer_vs_trl"
+             else module.markdown(report))
+    header = (f"`{report.get('command', 'python benchmarks/' + name + '.py').strip()}` — "
               f"{report.get('date', '?')}, {report.get('machine', '?')}.")
-    return f"{header}\n\n{module.markdown(report)}"
+    return f"{header}\n\n{table}"
 
 
 def main() -> int:
@@ -49,7 +51,7 @@ def main() -> int:
     text = BENCHMARKS_MD.read_text()
     problems = []
     for name in SECTIONS:
-        pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
         if not pattern.search(text):
             problems.append(f"BENCHMARKS.md has no <!-- bench:{name} --> section")
             continue
@@ -57,7 +59,7 @@ def main() -> int:
         if body is None:
             problems.append(f"no results for {name}: run python benchmarks/{name}.py")
             continue
-        text = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(2), text)
+        text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
     if not args.check:
         BENCHMARKS_MD.write_text(text)
         print(f"refreshed {BENCHMARKS_MD}")
