@@ -186,15 +186,16 @@ def test_openai_agent_against_vllm_serve(model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_data_parallel_engines_on_ray(model_dir, engine):
-    """Two vLLM engines as Ray actors (local Ray): the same greedy replies as one engine,
-    a weight sync reaches both, and async episodes stick to one engine."""
+def test_data_parallel_engines_on_ray(model_dir):
+    """Two vLLM engines as Ray actors (local Ray): the same greedy replies as the HF model
+    (which one engine matches, test above), a weight sync reaches both, and async episodes
+    run. (Not the module's in-process engine: a Trainer's engine, torn down by the PPO
+    tests, takes vLLM's process-wide parallel state with it.)"""
     ray = pytest.importorskip("ray")
     from turnrl.agents.vllm_ray import RayVLLMPolicy
     from turnrl.rollout import collect
 
     hf = HFPolicy(str(model_dir), max_new_tokens=8)
-    engine.sync_weights(hf.model)
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
@@ -202,7 +203,7 @@ def test_data_parallel_engines_on_ray(model_dir, engine):
     try:
         assert len(set(dp.pids)) == 2
         prompts = _prompts(hf) + _prompts(hf)[:1]  # 4 prompts: 2 per engine
-        single = [a.token_ids for a in engine.generate(prompts, greedy=True)]
+        single = [a.token_ids for a in hf.generate(prompts, greedy=True)]
         assert [a.token_ids for a in dp.generate(prompts, greedy=True)] == single
         with torch.no_grad():
             for p in hf.model.parameters():
