@@ -191,17 +191,19 @@ class _Lockstep:
         for slot in range(num_envs):
             self._start(slot)
         while any(s is not None for s in self.slots):
-            waiting = []
+            waiting, prompts = [], []
             for slot, state in enumerate(self.slots):
                 if state is None:
                     continue
-                if self._out_of_context(slot):
+                prompt = self._prompt(slot)
+                if prompt is None:  # out of context: the episode ended
                     self._start(slot)
                 else:
                     waiting.append(slot)
+                    prompts.append(prompt)
             if not waiting:
                 continue
-            actions = self._act(waiting)
+            actions = self._act(waiting, prompts)
             outcomes = self.pool.step_many([(slot, a.text) for slot, a in zip(waiting, actions,
                                                                                strict=True)])
             for slot, action, outcome in zip(waiting, actions, outcomes, strict=True):
@@ -209,13 +211,12 @@ class _Lockstep:
                     self._start(slot)
         return [self.results[k] for k in sorted(self.results)]
 
-    def _act(self, waiting: list[int]) -> list[Action]:
-        slots = [self.slots[i] for i in waiting]
+    def _act(self, waiting: list[int], prompts: list) -> list[Action]:
+        infos = [self.slots[i].info for i in waiting]
         if self.tokens:
-            prompts = [context_ids(s.traj, s.traj.num_turns, self.mode) for s in slots]
-            actions = self.agent.generate(prompts, infos=[s.info for s in slots])
+            actions = self.agent.generate(prompts, infos=infos)
         else:
-            actions = self.agent.act([s.traj.messages for s in slots], [s.info for s in slots])
+            actions = self.agent.act(prompts, infos)
         if len(actions) != len(waiting):
             raise RuntimeError(f"agent returned {len(actions)} actions for {len(waiting)} prompts")
         return actions
@@ -304,20 +305,22 @@ class _Lockstep:
         if self.on_episode_end is not None:
             self.on_episode_end(state.traj)
 
-    def _out_of_context(self, slot: int) -> bool:
-        """End the episode if its next context would not fit (token policies only)."""
-        if not (self.tokens and self.max_context_tokens):
-            return False
+    def _prompt(self, slot: int) -> list[int] | list[Message] | None:
+        """What the agent answers next in the slot: token ids (token policies) or the
+        conversation. None when the ids would not fit ``max_context_tokens``: the episode
+        is then ended (truncated, or failed if even its prompt is too long)."""
         traj = self.slots[slot].traj
-        budget = self.max_context_tokens - self.agent.max_new_tokens
-        if len(context_ids(traj, traj.num_turns, self.mode)) <= budget:
-            return False
+        if not self.tokens:
+            return traj.messages
+        ids = context_ids(traj, traj.num_turns, self.mode)
+        if not self.max_context_tokens or len(ids) <= self.max_context_tokens - self.agent.max_new_tokens:
+            return ids
         if traj.turns:
             traj.turns[-1].truncated = True  # out of context: bootstrap like a time limit
         else:
             traj.failed = f"prompt longer than max_context_tokens={self.max_context_tokens}"
         self._finish(slot)
-        return True
+        return None
 
     def _crashed(self, slot: int, exc: BaseException, where: str) -> None:
         """An env raised: mark the episode, replace the env, go on (or re-raise)."""
@@ -397,14 +400,9 @@ class _Async(_Lockstep):
             outcome = await loop.run_in_executor(pool, self._serial_reset, slot)
             if not self._reset_done(slot, outcome):
                 continue
-            while not self._out_of_context(slot):
+            while (prompt := self._prompt(slot)) is not None:
                 state = self.slots[slot]
-                traj = state.traj
-                if self.tokens:
-                    prompt = context_ids(traj, traj.num_turns, self.mode)
-                else:
-                    prompt = traj.messages
-                key = (*state.key, traj.num_turns)
+                key = (*state.key, state.traj.num_turns)
                 action = await self.agent.agenerate(prompt, info=state.info, key=key)
                 outcome = await loop.run_in_executor(pool, self._step, slot, action)
                 if self._record(slot, action, outcome):
