@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 __all__ = [
-    "Message", "Turn", "Trajectory", "Sample", "ContextMode", "parse_context", "context_ids",
-    "build_samples", "save_jsonl", "load_jsonl",
+    "Message", "Action", "Turn", "Trajectory", "Sample", "ContextMode", "parse_context",
+    "context_ids", "build_samples", "save_jsonl", "load_jsonl",
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -30,6 +30,21 @@ class Message(TypedDict):
 
     role: Role
     content: str
+
+
+@dataclass
+class Action:
+    """An agent's reply.
+
+    Attributes:
+        text: the whole reply, given to the env as its action.
+        token_ids: ids the policy sampled (trainable policies only).
+        logprobs: sampling logprob of each id in ``token_ids``.
+    """
+
+    text: str
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
 
 
 def _jsonable(value: Any) -> Any:

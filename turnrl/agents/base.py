@@ -10,27 +10,11 @@ model agents ignore it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from turnrl.trajectory import Message
+from turnrl.trajectory import Action, Message  # Action lives in the data model; re-exported
 
 __all__ = ["Action", "Agent", "Policy"]
-
-
-@dataclass
-class Action:
-    """An agent's reply.
-
-    Attributes:
-        text: the whole reply, given to the env as its action.
-        token_ids: ids the policy sampled (trainable policies only).
-        logprobs: sampling logprob of each id in ``token_ids``.
-    """
-
-    text: str
-    token_ids: list[int] | None = None
-    logprobs: list[float] | None = None
 
 
 @runtime_checkable

@@ -20,6 +20,7 @@ from turnrl.envs.alfworld.games import (
     OfficialGames,
     resolve_data_dir,
 )
+from turnrl.envs.alfworld.generator import generate_household
 from turnrl.envs.alfworld.tasks import resolve_split, resolve_task_types
 from turnrl.envs.base import InvalidAction, TextEnv
 from turnrl.envs.parsing import InvalidReply, extract_command
@@ -131,8 +132,6 @@ class ALFWorldEnv(TextEnv):
             self._official = OfficialGames(resolve_data_dir(data_dir), self.split, self.task_types)
         else:
             # Fail fast on bad sizes rather than at the first reset.
-            from turnrl.envs.alfworld.generator import generate_household
-
             generate_household(0, self.task_types[0], split=self.split,
                                num_receptacles=num_receptacles, num_distractors=num_distractors)
             self._generated = GeneratedGames(split=self.split, num_receptacles=num_receptacles,

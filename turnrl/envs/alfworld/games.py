@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from turnrl.envs.alfworld.engine import AlfredEngine, GameLoadError, bundled_logic
+from turnrl.envs.alfworld.expert import HandcodedExpert
 from turnrl.envs.alfworld.generator import (
     DEFAULT_NUM_DISTRACTORS,
     DEFAULT_NUM_RECEPTACLES,
@@ -110,8 +111,6 @@ def play_expert(engine: AlfredEngine, traj_data: dict[str, Any], *, seed: int,
                 max_steps: int, fallback: str = "planner") -> list[str] | None:
     """Reset the loaded game and let the expert play it; its commands if it wins within
     ``max_steps``, else ``None``."""
-    from turnrl.envs.alfworld.expert import HandcodedExpert
-
     state = engine.reset()
     if state["won"]:
         return None

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from turnrl.agents.base import Action
-from turnrl.envs.ride_dispatch.sim import Candidate
+from turnrl.envs.ride_dispatch.sim import Candidate, Simulator, get_config
 from turnrl.errors import ConfigError
+from turnrl.trajectory import Action
 
 __all__ = ["random_dispatch", "greedy_dispatch", "matching_dispatch", "POLICIES", "run_policy",
            "format_pairs", "DispatchAgent", "candidates_from_info"]
@@ -140,8 +140,6 @@ class DispatchAgent:
 def run_policy(config: Any, policy: str, seeds: Sequence[int], *, policy_seed: int = 0
                ) -> list[dict[str, float]]:
     """Play ``policy`` straight on the simulator for each seed; the end-of-day metrics."""
-    from turnrl.envs.ride_dispatch.sim import Simulator, get_config
-
     sim = Simulator(get_config(config) if isinstance(config, str) else config)
     rng = np.random.default_rng(policy_seed)
     out = []

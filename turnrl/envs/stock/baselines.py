@@ -8,9 +8,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from turnrl.agents.base import Action
 from turnrl.envs.stock.data import LEXICON_NEG, LEXICON_POS
 from turnrl.errors import ConfigError
+from turnrl.trajectory import Action
 
 __all__ = ["StockAgent", "lexicon_score"]
 
