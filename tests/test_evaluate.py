@@ -123,11 +123,13 @@ def test_crashed_env_marks_episode_and_continues():
 
 
 def test_expert_switch_is_turned_on_only_for_agents_that_need_it():
-    from turnrl.envs.registry import kwargs_for_agent
+    from turnrl.rollout import env_kwargs_for
 
-    assert kwargs_for_agent("turnrl/ALFWorld-v0", {"task_types": ["x"]}, ExpertAgent()) == {
+    chosen = {"task_types": ["x"]}
+    assert env_kwargs_for(ExpertAgent(), "turnrl/ALFWorld-v0", chosen) == {
         "task_types": ["x"], "expert": True}
-    assert kwargs_for_agent("turnrl/ALFWorld-v0", {}, RandomAgent()) == {}
-    assert kwargs_for_agent("turnrl/ALFWorld-v0", {"expert": False}, ExpertAgent()) == {
+    assert chosen == {"task_types": ["x"]}  # the caller's dict is left alone
+    assert env_kwargs_for(RandomAgent(), "turnrl/ALFWorld-v0", {}) == {}
+    assert env_kwargs_for(ExpertAgent(), "turnrl/ALFWorld-v0", {"expert": False}) == {
         "expert": False}  # an explicit choice wins
-    assert kwargs_for_agent("turnrl/GuessEval-v0", {}, ExpertAgent()) == {}  # no switch
+    assert env_kwargs_for(ExpertAgent(), "turnrl/GuessEval-v0", {}) == {}  # no switch

@@ -144,15 +144,13 @@ def _format_table(results: Sequence[Any]) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from turnrl.agents import make_agent
+    from turnrl.agent_registry import agent_spec, make_agent
     from turnrl.evaluate import evaluate, resolve_target
     from turnrl.trajectory import save_jsonl
 
     env_kwargs = _parse_env_args(args.env_arg)
     pairs = resolve_target(args.target, episodes=args.episodes, seed=args.seed, env_kwargs=env_kwargs)
-    agent_kwargs: dict[str, Any] = (
-        {"seed": args.seed} if args.agent in ("random", "dispatch_random")
-        or args.agent.startswith(("hf:", "openai:")) else {})
+    agent_kwargs: dict[str, Any] = {"seed": args.seed} if agent_spec(args.agent).takes_seed() else {}
     if args.agent.startswith("openai:"):
         agent_kwargs.update(base_url=args.base_url, api_key_env=args.api_key_env,
                             concurrency=args.concurrency, max_tokens=args.max_tokens)
@@ -259,6 +257,15 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- main
+def _agents_help() -> str:
+    """``--agent``'s help: every registered agent (plugins included) with its description."""
+    from turnrl.agent_registry import list_agents
+
+    agents = " | ".join(f"{a.usage} ({a.description})" for a in list_agents())
+    return f"agent (default: random; --seed seeds those that draw random numbers): {agents}".replace(
+        "%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from turnrl import __version__
 
@@ -282,11 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate an agent's success rate on an env or suite")
     p.add_argument("target", help="environment id or suite name (see `turnrl envs`)")
-    p.add_argument("--agent", default="random", help="agent: random | expert | scripted_code | "
-                   "dispatch_random | dispatch_greedy | dispatch_matching | stock_majority | "
-                   "stock_lexicon | hf:MODEL (a Hugging Face id or a saved model directory, e.g. "
-                   "a run's final_model; greedy decoding) | openai:MODEL (an OpenAI-compatible "
-                   "server at --base-url)")
+    p.add_argument("--agent", default="random", help=_agents_help())
     p.add_argument("--base-url", help="openai agent: API root, e.g. http://127.0.0.1:8000/v1 "
                    "(default: $OPENAI_BASE_URL, else api.openai.com)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY",

@@ -14,9 +14,9 @@ from typing import Any
 
 from turnrl.agents.base import Agent
 from turnrl.envs import registry
-from turnrl.envs.suites import _SUITES, SuiteEntry, get_suite
+from turnrl.envs.suites import SuiteEntry, get_suite, is_suite, list_suites
 from turnrl.errors import ConfigError, UnknownEnvError, did_you_mean
-from turnrl.rollout import collect
+from turnrl.rollout import collect, env_kwargs_for
 from turnrl.trajectory import Trajectory
 
 __all__ = ["EnvResult", "evaluate", "wilson_interval", "resolve_target"]
@@ -106,7 +106,7 @@ def resolve_target(
     """
     if episodes is not None and episodes < 1:
         raise ConfigError(f"episodes must be >= 1, got {episodes}")
-    if target in _SUITES:
+    if is_suite(target):
         if env_kwargs:
             raise ConfigError("env kwargs cannot be combined with a suite; suites fix them")
         pairs = []
@@ -122,10 +122,11 @@ def resolve_target(
     try:
         registry.spec(target)
     except UnknownEnvError:
+        suites = [s.name for s in list_suites()]
         raise UnknownEnvError(
             f"{target!r} is neither a registered env id nor a suite."
-            f"{did_you_mean(target, [s.id for s in registry.list_envs()] + list(_SUITES))} "
-            f"Suites: {', '.join(sorted(_SUITES))}. Run `turnrl envs` for env ids."
+            f"{did_you_mean(target, [s.id for s in registry.list_envs()] + suites)} "
+            f"Suites: {', '.join(suites)}. Run `turnrl envs` for env ids."
         ) from None
     n = 10 if episodes is None else episodes
     entry = SuiteEntry(env_id=target, kwargs=dict(env_kwargs or {}), eval_seeds=tuple(range(seed, seed + n)))
@@ -171,7 +172,7 @@ def evaluate(
     """
     results = []
     for entry, seeds in resolve_target(target, episodes=episodes, seed=seed, env_kwargs=env_kwargs):
-        kwargs = registry.kwargs_for_agent(entry.env_id, entry.kwargs, agent)
+        kwargs = env_kwargs_for(agent, entry.env_id, entry.kwargs)
         registry.prepare(entry.env_id, seeds, kwargs)
         trajectories = collect(
             registry.factory(entry.env_id, **kwargs), agent, seeds, env_id=entry.env_id,

@@ -26,7 +26,7 @@ import threading
 import traceback
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -36,10 +36,11 @@ import gymnasium as gym
 
 from turnrl.agents.base import Action, Agent
 from turnrl.envs.pool import EnvPool, LocalPool, WorkerLost, make_pool
+from turnrl.envs.registry import accepts_kwarg
 from turnrl.errors import ConfigError
 from turnrl.trajectory import Message, Trajectory, Turn, context_ids, parse_context
 
-__all__ = ["collect", "first_messages", "is_token_policy"]
+__all__ = ["collect", "first_messages", "is_token_policy", "env_kwargs_for"]
 
 
 def first_messages(instructions: str, observation: str) -> list[Message]:
@@ -54,6 +55,26 @@ def first_messages(instructions: str, observation: str) -> list[Message]:
 def is_token_policy(agent: Any) -> bool:
     """Whether ``agent`` generates from token ids (and reports sampled ids)."""
     return callable(getattr(agent, "generate", None)) and hasattr(agent, "renderer")
+
+
+def env_kwargs_for(agent: Agent, env_id: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Env kwargs adjusted for an agent: agents with ``needs_expert = True`` (the expert
+    baseline, SFT data collection) switch on ``expert=True`` where the env has that switch
+    and the caller did not set it, so oracles cost nothing in ordinary rollouts.
+
+    Args:
+        agent: the agent that will play.
+        env_id: a registered env id.
+        kwargs: the env kwargs the caller chose (not modified).
+
+    Returns:
+        A new dict: ``kwargs``, plus ``expert=True`` where that applies.
+    """
+    out = dict(kwargs)
+    if getattr(agent, "needs_expert", False) and "expert" not in out:
+        if accepts_kwarg(env_id, "expert"):
+            out["expert"] = True
+    return out
 
 
 @dataclass

@@ -6,6 +6,7 @@ Built-in environments are registered here by string entry point, so importing
 
 from __future__ import annotations
 
+from turnrl.agent_registry import register_agent
 from turnrl.envs.base import TEXT_CHARSET, InvalidAction, TextEnv, sanitize_text
 from turnrl.envs.registry import EnvSpec, list_envs, load_plugins, make, register, spec
 from turnrl.envs.suites import Suite, SuiteEntry, get_suite, list_suites, register_suite
@@ -60,5 +61,22 @@ register(
     description="explain and predict a stock's next move from prices and posts, reflect "
     "and retry when wrong (SEP); seeded synthetic market or a StockNet-layout dataset",
 )
+
+# Baseline agents of the env packages, for `turnrl eval --agent NAME` (lazy, like the envs).
+register_agent("dispatch_random", "turnrl.envs.ride_dispatch.policies:DispatchAgent",
+               kwargs={"policy": "random"}, seeded=True,
+               description="ride dispatch: each order to a random available driver")
+register_agent("dispatch_greedy", "turnrl.envs.ride_dispatch.policies:DispatchAgent",
+               kwargs={"policy": "greedy"}, seeded=False,
+               description="ride dispatch: each order to the nearest free driver")
+register_agent("dispatch_matching", "turnrl.envs.ride_dispatch.policies:DispatchAgent",
+               kwargs={"policy": "matching"}, seeded=False,
+               description="ride dispatch: the assignment that maximises the round's reward")
+register_agent("stock_majority", "turnrl.envs.stock.baselines:StockAgent",
+               kwargs={"policy": "majority"}, seeded=False,
+               description="stock explanation: always the train split's majority label")
+register_agent("stock_lexicon", "turnrl.envs.stock.baselines:StockAgent",
+               kwargs={"policy": "lexicon"}, seeded=False,
+               description="stock explanation: the sign of the posts' lexicon sentiment")
 
 from turnrl.envs import builtin_suites as _builtin_suites  # noqa: E402,F401  (registers suites)

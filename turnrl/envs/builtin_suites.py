@@ -38,7 +38,7 @@ register_suite(
 # ALFWorld: one entry per task type, on generated households (no download needed).
 # The expert is off in the suite (RL rollouts never pay for it); agents that read
 # info["expert_action"] (the expert baseline, SFT data) switch it on through
-# turnrl.envs.registry.kwargs_for_agent.
+# turnrl.rollout.env_kwargs_for.
 _ALFWORLD_TASK_TYPES = (
     "pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
     "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep", "pick_two_obj_and_place",

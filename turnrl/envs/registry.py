@@ -39,7 +39,7 @@ from turnrl.errors import (
 
 __all__ = [
     "EnvSpec", "register", "make", "spec", "list_envs", "load_plugins", "accepts_kwarg",
-    "kwargs_for_agent", "prepare", "ENTRY_POINT_GROUP", "EnvFactory", "factory",
+    "prepare", "ENTRY_POINT_GROUP", "EnvFactory", "factory",
 ]
 
 ENTRY_POINT_GROUP = "turnrl.envs"
@@ -276,17 +276,6 @@ def accepts_kwarg(env_id: str, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def kwargs_for_agent(env_id: str, kwargs: dict[str, Any], agent: Any) -> dict[str, Any]:
-    """Env kwargs adjusted for an agent: agents with ``needs_expert = True`` (the expert
-    baseline, SFT data collection) switch on ``expert=True`` where the env has that
-    switch and the caller did not set it, so oracles cost nothing in ordinary rollouts."""
-    kwargs = dict(kwargs)
-    if getattr(agent, "needs_expert", False) and "expert" not in kwargs:
-        if accepts_kwarg(env_id, "expert"):
-            kwargs["expert"] = True
-    return kwargs
 
 
 def prepare(env_id: str, seeds: Any, kwargs: dict[str, Any] | None = None, *, workers: int = 2) -> None:

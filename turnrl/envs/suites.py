@@ -13,7 +13,7 @@ from typing import Any
 
 from turnrl.errors import ConfigError, DuplicateEnvError, UnknownEnvError, did_you_mean
 
-__all__ = ["SuiteEntry", "Suite", "register_suite", "get_suite", "list_suites"]
+__all__ = ["SuiteEntry", "Suite", "register_suite", "get_suite", "list_suites", "is_suite"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,11 @@ def get_suite(name: str) -> Suite:
             f"no suite named {name!r}.{did_you_mean(name, _SUITES)} "
             f"Known suites: {', '.join(sorted(_SUITES)) or '(none)'}"
         ) from None
+
+
+def is_suite(name: str) -> bool:
+    """Whether a suite is registered as ``name``."""
+    return name in _SUITES
 
 
 def list_suites() -> list[Suite]:

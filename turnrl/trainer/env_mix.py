@@ -13,7 +13,7 @@ from turnrl.envs import registry
 from turnrl.envs.pool import EnvPool, make_pool
 from turnrl.envs.suites import get_suite
 from turnrl.errors import ConfigError
-from turnrl.rollout import collect
+from turnrl.rollout import collect, env_kwargs_for
 from turnrl.trajectory import Trajectory
 
 __all__ = ["EnvMix", "MixEntry"]
@@ -77,7 +77,7 @@ class EnvMix:
         return cls(entries, seed, **pool)
 
     def make_env_fn(self, entry: MixEntry, agent: Any = None) -> Callable[[], Any]:
-        kwargs = registry.kwargs_for_agent(entry.env_id, entry.kwargs, agent)
+        kwargs = env_kwargs_for(agent, entry.env_id, entry.kwargs)
         return registry.factory(entry.env_id, **kwargs)
 
     def envs_for(self, entry: MixEntry, agent: Any, num_envs: int) -> Callable[[], Any] | EnvPool:
