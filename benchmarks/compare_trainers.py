@@ -126,12 +126,13 @@ def build_model(path: Path) -> str:
     """The quickstart's tiny model, built once for every run."""
     from turnrl.agents import tiny
     from turnrl.trainer import load_config
+    from turnrl.trainer.corpus import env_text_corpus
 
     cfg = load_config(CONFIG)
     spec = dict(cfg.model.tiny)
     seeds = spec.pop("corpus_seeds", 16)
-    texts = tiny.corpus_from_env(cfg.env.id, range(cfg.env.train_seeds[0], cfg.env.train_seeds[0] + seeds),
-                                 **cfg.env.kwargs)
+    texts = env_text_corpus(cfg.env.id, range(cfg.env.train_seeds[0], cfg.env.train_seeds[0] + seeds),
+                            **cfg.env.kwargs)
     tiny.make_tiny_model(path, texts, seed=0, **spec)
     return str(path)
 

@@ -122,11 +122,12 @@ def run_one(args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------- driver
 def build_model(out: Path) -> Path:
     from turnrl.agents import tiny
+    from turnrl.trainer.corpus import env_text_corpus
 
     texts = []
     for env_id, kwargs in WORKLOADS.values():
         if env_id.startswith("turnrl/"):
-            texts += tiny.corpus_from_env(env_id, range(4), **kwargs)
+            texts += env_text_corpus(env_id, range(4), **kwargs)
     return tiny.make_tiny_model(out, texts, vocab_size=1000, hidden_size=256, num_layers=4)
 
 

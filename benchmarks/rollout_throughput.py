@@ -71,6 +71,7 @@ def main() -> None:
     from turnrl.agents.hf import HFPolicy
     from turnrl.envs import registry
     from turnrl.rollout import collect
+    from turnrl.trainer.corpus import env_text_corpus
 
     torch.manual_seed(0)
     seeds = list(range(args.episodes))
@@ -78,7 +79,7 @@ def main() -> None:
     make = registry.factory(ENV_ID, **KWARGS)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        model = tiny.make_tiny_model(Path(tmp) / "m", tiny.corpus_from_env(ENV_ID, range(4), **KWARGS),
+        model = tiny.make_tiny_model(Path(tmp) / "m", env_text_corpus(ENV_ID, range(4), **KWARGS),
                                      vocab_size=800, hidden_size=128, num_layers=2)
         policy = HFPolicy(str(model), max_new_tokens=args.max_new_tokens, temperature=1.0)
         collect(make, policy, seeds[:4], num_envs=4)  # warm-up

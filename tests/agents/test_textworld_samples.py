@@ -8,6 +8,7 @@ import turnrl  # noqa: E402
 from turnrl.agents import tiny  # noqa: E402
 from turnrl.agents.hf import HFPolicy  # noqa: E402
 from turnrl.rollout import collect  # noqa: E402
+from turnrl.trainer.corpus import env_text_corpus  # noqa: E402
 from turnrl.trajectory import build_samples  # noqa: E402
 
 KWARGS = {"challenge": "tw-coin_collector", "settings": {"level": 3}, "max_turns": 4}
@@ -15,7 +16,7 @@ KWARGS = {"challenge": "tw-coin_collector", "settings": {"level": 3}, "max_turns
 
 @pytest.fixture(scope="module")
 def rollouts(tmp_path_factory):
-    texts = tiny.corpus_from_env("turnrl/TextWorld-v0", range(3), **KWARGS)
+    texts = env_text_corpus("turnrl/TextWorld-v0", range(3), **KWARGS)
     path = tiny.make_tiny_model(tmp_path_factory.mktemp("tw_tiny"), texts, vocab_size=500,
                                 hidden_size=64, num_layers=2)
     policy = HFPolicy(str(path), max_new_tokens=6, seed=1)

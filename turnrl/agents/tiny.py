@@ -4,10 +4,13 @@ Llama-style model built from a config, saved as a normal Hugging Face directory.
 Nothing is downloaded. The demo, the tests and the benchmarks use these; real users pass
 a Hugging Face id or a local directory of their own model instead.
 
+Text from an environment's episodes comes from
+:func:`turnrl.trainer.corpus.env_text_corpus`.
+
 Example:
     >>> from turnrl.agents import tiny
-    >>> texts = tiny.corpus_from_env("turnrl/TextWorld-v0", seeds=range(20),
-    ...                              challenge="tw-coin_collector")
+    >>> from turnrl.trainer.corpus import env_text_corpus
+    >>> texts = env_text_corpus("turnrl/TextWorld-v0", range(20), challenge="tw-coin_collector")
     >>> path = tiny.make_tiny_model("/tmp/tiny", texts, hidden_size=128, num_layers=4)
 """
 
@@ -128,23 +131,17 @@ def build_model(
 def corpus_from_env(
     env_id: str, seeds: Iterable[int], *, random_episodes: bool = True, **env_kwargs: Any
 ) -> list[str]:
-    """Text for tokenizer training: instructions, observations and commands of expert (and
-    random) episodes on the given seeds."""
-    import turnrl
-    from turnrl.agents import ExpertAgent, RandomAgent
-    from turnrl.rollout import collect
+    """Deprecated: use :func:`turnrl.trainer.corpus.env_text_corpus` (same arguments, same
+    texts). Building a corpus plays episodes, which is not an agent module's job."""
+    import warnings
 
-    env = turnrl.make(env_id, **env_kwargs)
-    texts = [getattr(env.unwrapped, "instructions", "")]
-    env.close()
-    seeds = list(seeds)
-    agents = [ExpertAgent(fallback="look")] + ([RandomAgent(seed=0)] if random_episodes else [])
-    for agent in agents:
-        for traj in collect(lambda: turnrl.make(env_id, **env_kwargs), agent, seeds, env_id=env_id):
-            texts.extend(m["content"] for m in traj.messages[1:])
-            for turn in traj.turns:
-                texts.extend(turn.info.get("admissible_actions") or [])
-    return [t for t in texts if t]
+    # TODO(lead): remove this alias (and its allowlist entry in tests/test_layering.py) once
+    # nothing calls it; the lazy import only bridges the move.
+    from turnrl.trainer.corpus import env_text_corpus
+
+    warnings.warn("turnrl.agents.tiny.corpus_from_env is deprecated; use "
+                  "turnrl.trainer.corpus.env_text_corpus", DeprecationWarning, stacklevel=2)
+    return env_text_corpus(env_id, seeds, random_episodes=random_episodes, **env_kwargs)
 
 
 def make_tiny_model(
