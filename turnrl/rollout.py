@@ -34,7 +34,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from turnrl.agents.base import Action, Agent
+from turnrl.agents.base import Action, Agent, AsyncAgent, TokenPolicy
 from turnrl.envs.pool import EnvPool, LocalPool, WorkerLost, make_pool
 from turnrl.envs.registry import accepts_kwarg
 from turnrl.errors import ConfigError
@@ -53,8 +53,9 @@ def first_messages(instructions: str, observation: str) -> list[Message]:
 
 
 def is_token_policy(agent: Any) -> bool:
-    """Whether ``agent`` generates from token ids (and reports sampled ids)."""
-    return callable(getattr(agent, "generate", None)) and hasattr(agent, "renderer")
+    """Whether ``agent`` generates from token ids and reports the ids it sampled (a
+    :class:`~turnrl.agents.base.TokenPolicy`)."""
+    return isinstance(agent, TokenPolicy)
 
 
 def env_kwargs_for(agent: Agent, env_id: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,6 +91,7 @@ def collect(
     seeds: Sequence[int],
     *,
     env_id: str = "",
+    entry: str = "",
     num_envs: int = 8,
     group_size: int = 1,
     context: str = "full",
@@ -102,6 +104,7 @@ def collect(
     max_restarts: int = 3,
     on_episode_end: Callable[[Trajectory], Any] | None = None,
     on_error: str = "mark",
+    greedy: bool | None = None,
 ) -> list[Trajectory]:
     """Play one episode per seed (``group_size`` per seed for grouped estimators).
 
@@ -113,6 +116,7 @@ def collect(
         agent: answers batches of conversations (or token ids, for token policies).
         seeds: reset seeds, one episode group each.
         env_id: recorded in each trajectory.
+        entry: the suite entry played, recorded in each trajectory (default: ``env_id``).
         num_envs: environments in flight at once (in ``async`` mode: the cap on episodes
             in flight).
         group_size: episodes per seed (RLOO/GRPO groups); the group index is recorded.
@@ -137,6 +141,8 @@ def collect(
         on_error: when an env raises in reset or step: ``"mark"`` records the episode
             with ``failed`` set (it counts as not won), warns, replaces the env and goes
             on; ``"raise"`` re-raises.
+        greedy: token policies and async agents: decode greedily (True), sample (False),
+            or the agent's own default (None).
 
     Returns:
         Trajectories ordered by (seed position, group member), whatever the mode.
@@ -154,7 +160,7 @@ def collect(
         errors.append(f"max_restarts must be >= 0, got {max_restarts}")
     if mode not in ROLLOUT_MODES:
         errors.append(f"mode must be one of {', '.join(ROLLOUT_MODES)}, got {mode!r}")
-    elif mode == "async" and not callable(getattr(agent, "agenerate", None)):
+    elif mode == "async" and not isinstance(agent, AsyncAgent):
         errors.append(f"mode 'async' needs an agent that generates asynchronously (the vLLM "
                       f"policy: rollout.backend=vllm); {type(agent).__name__} has no agenerate: "
                       f"use mode 'lockstep'")
@@ -173,9 +179,9 @@ def collect(
         owned = True
     engine_cls = _Async if mode == "async" else _Lockstep
     engine = engine_cls(
-        pool, agent, env_id=env_id, group_size=group_size, context=context,
-        max_context_tokens=max_context_tokens, on_episode_end=on_episode_end, on_error=on_error,
-        max_restarts=max_restarts,
+        pool, agent, env_id=env_id, entry=entry or env_id, group_size=group_size,
+        context=context, max_context_tokens=max_context_tokens, on_episode_end=on_episode_end,
+        on_error=on_error, max_restarts=max_restarts, greedy=greedy,
     )
     try:
         return engine.run(queue, num_envs=num_envs, step_workers=step_workers)
@@ -190,19 +196,23 @@ ROLLOUT_MODES = ("lockstep", "async")
 class _Lockstep:
     """State of one :func:`collect` call: episodes played in slots, one env per slot."""
 
-    def __init__(self, pool, agent, *, env_id, group_size, context, max_context_tokens,
-                 on_episode_end, on_error, max_restarts) -> None:
+    def __init__(self, pool: EnvPool, agent: Any, *, env_id: str, entry: str, group_size: int,
+                 context: str, max_context_tokens: int | None,
+                 on_episode_end: Callable[[Trajectory], Any] | None, on_error: str,
+                 max_restarts: int, greedy: bool | None) -> None:
         self.pool = pool
         self.max_restarts = max_restarts
         self.agent = agent
         self.env_id = env_id
+        self.entry = entry
+        self.greedy = greedy
         self.group_size = group_size
         self.mode = parse_context(context)
         self.max_context_tokens = max_context_tokens
         self.on_episode_end = on_episode_end
         self.on_error = on_error
         self.tokens = is_token_policy(agent)
-        self.renderer = getattr(agent, "renderer", None)
+        self.renderer = agent.renderer if self.tokens else None
         self.results: dict[tuple[int, int], Trajectory] = {}
 
     # ------------------------------------------------------------------ main loop
@@ -235,7 +245,7 @@ class _Lockstep:
     def _act(self, waiting: list[int], prompts: list) -> list[Action]:
         infos = [self.slots[i].info for i in waiting]
         if self.tokens:
-            actions = self.agent.generate(prompts, infos=infos)
+            actions = self.agent.generate(prompts, infos=infos, greedy=self.greedy)
         else:
             actions = self.agent.act(prompts, infos)
         if len(actions) != len(waiting):
@@ -291,7 +301,7 @@ class _Lockstep:
             self.slots[slot] = None
             return False
         index, member, seed, restarts = self.queue.popleft()
-        traj = Trajectory(env_id=self.env_id, seed=seed, task="",
+        traj = Trajectory(env_id=self.env_id, seed=seed, task="", entry=self.entry,
                           group=index if self.group_size > 1 else None, restarts=restarts)
         self.slots[slot] = _Slot(key=(index, member), traj=traj)
         return True
@@ -388,9 +398,7 @@ class _Async(_Lockstep):
         self.slots = [None] * num_envs
         # in-process engines are not all thread-safe to load (see _serial_reset)
         self._reset_lock = threading.Lock() if isinstance(self.pool, LocalPool) else nullcontext()
-        begin = getattr(self.agent, "begin_collect", None)
-        if callable(begin):
-            begin()
+        self.agent.begin_collect()
         threads = ThreadPoolExecutor(max(step_workers, num_envs if not isinstance(self.pool, LocalPool)
                                          else step_workers))
         try:
@@ -424,7 +432,8 @@ class _Async(_Lockstep):
             while (prompt := self._prompt(slot)) is not None:
                 state = self.slots[slot]
                 key = (*state.key, state.traj.num_turns)
-                action = await self.agent.agenerate(prompt, info=state.info, key=key)
+                action = await self.agent.agenerate(prompt, info=state.info, key=key,
+                                                    greedy=self.greedy)
                 outcome = await loop.run_in_executor(pool, self._step, slot, action)
                 if self._record(slot, action, outcome):
                     break

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from turnrl.agents.base import Action
-from turnrl.agents.prompting import ChatRenderer
+from turnrl.agents.token_policy import TokenPolicyBase, check_sampling
 from turnrl.errors import ConfigError
-from turnrl.trajectory import Message
 
 __all__ = ["HFPolicy", "load_model_and_tokenizer"]
 
@@ -58,7 +57,7 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
-class HFPolicy:
+class HFPolicy(TokenPolicyBase):
     """A trainable policy backed by a transformers causal LM.
 
     Args:
@@ -71,6 +70,7 @@ class HFPolicy:
         max_batch_size: prompts per forward pass; larger batches are split.
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA if available).
         seed: seeds the sampler.
+        greedy: decode by argmax unless a call says otherwise (evaluation).
 
     Example:
         >>> policy = HFPolicy("/tmp/tiny", max_new_tokens=16)
@@ -91,49 +91,25 @@ class HFPolicy:
         device: str | None = None,
         dtype: str | None = None,
         seed: int | None = None,
+        greedy: bool = False,
     ) -> None:
         import torch
 
-        errors = []
-        if not temperature > 0:
-            errors.append(f"temperature must be > 0, got {temperature!r}")
-        if not 0 < top_p <= 1:
-            errors.append(f"top_p must be in (0, 1], got {top_p!r}")
-        if max_new_tokens < 1:
-            errors.append(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
+        check_sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         if max_batch_size < 1:
-            errors.append(f"max_batch_size must be >= 1, got {max_batch_size!r}")
-        if errors:
-            raise ConfigError("; ".join(errors))
+            raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size!r}")
         if isinstance(model, str):
             model, tokenizer = load_model_and_tokenizer(model, device=device, dtype=dtype)
         elif tokenizer is None:
             raise ConfigError("pass tokenizer= together with a loaded model")
+        super().__init__(tokenizer, temperature=temperature, top_p=top_p,
+                         max_new_tokens=max_new_tokens, stop=stop, greedy=greedy)
         self.model = model
-        self.tokenizer = tokenizer
-        self.renderer = ChatRenderer(tokenizer)
-        self.temperature = float(temperature)
-        self.top_p = float(top_p)
-        self.max_new_tokens = int(max_new_tokens)
-        self.stop = tuple(stop)
         self.max_batch_size = int(max_batch_size)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = next(model.parameters()).device
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(0 if seed is None else int(seed))
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
-        #: Decode greedily by default (set during evaluation).
-        self.greedy = False
-
-    # ------------------------------------------------------------------ Agent API
-    def act(
-        self,
-        conversations: Sequence[list[Message]],
-        infos: Sequence[dict[str, Any]] | None = None,
-    ) -> list[Action]:
-        """Render each conversation with the chat template and sample a reply."""
-        prompts = [self.renderer.prompt_ids(conv) for conv in conversations]
-        return self.generate(prompts)
 
     # ------------------------------------------------------------------ sampling
     def generate(
@@ -146,9 +122,9 @@ class HFPolicy:
         """Sample one reply per prompt (token ids in, :class:`Action` with ids out).
 
         ``infos`` is accepted for the rollout engine's sake and ignored; ``greedy``
-        defaults to the :attr:`greedy` attribute (argmax decoding, for evaluation).
+        defaults to the policy's :attr:`greedy` (argmax decoding, for evaluation).
         """
-        greedy = self.greedy if greedy is None else greedy
+        greedy = self._decoding(greedy)
         actions: list[Action] = []
         for start in range(0, len(prompts), self.max_batch_size):
             actions.extend(self._generate_batch(prompts[start:start + self.max_batch_size], greedy))

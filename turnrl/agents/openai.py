@@ -104,10 +104,15 @@ class OpenAIAgent:
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations))) as pool:
             return list(pool.map(self._complete, conversations))
 
+    def begin_collect(self) -> None:
+        """Nothing to set up per collect: requests carry no seeds (the server samples)."""
+
     async def agenerate(self, prompt: list[Message], *, info: dict[str, Any] | None = None,
-                        key: Sequence[int] = ()) -> Action:
+                        key: Sequence[int] = (), greedy: bool | None = None) -> Action:
         """One reply, for the rollout engine's ``async`` mode (no batch barrier): the
-        request runs in a worker thread, at most ``concurrency`` at once."""
+        request runs in a worker thread, at most ``concurrency`` at once. The server's
+        sampling settings (``temperature`` in the request body) apply; ``greedy`` and
+        ``key`` are not sent."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="turnrl-openai")
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._complete, prompt)

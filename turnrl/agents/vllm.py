@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from turnrl.agents.base import Action
-from turnrl.agents.prompting import ChatRenderer
+from turnrl.agents.token_policy import TokenPolicyBase, check_sampling
 from turnrl.errors import ConfigError
 from turnrl.trajectory import Message
 
@@ -52,7 +53,7 @@ def merged_state_items(model: Any) -> Iterable[tuple[str, Any]]:
         model.unmerge_adapter()
 
 
-class VLLMPolicy:
+class VLLMPolicy(TokenPolicyBase):
     """Args:
         model: a Hugging Face id or local directory (the same one the trainer loads).
         temperature, top_p, max_new_tokens, stop: as for ``HFPolicy``.
@@ -66,11 +67,8 @@ class VLLMPolicy:
     def __init__(self, model: str, *, temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 64, stop: Sequence[str] = (), max_model_len: int | None = None,
                  dtype: str | None = None, seed: int | None = 0,
-                 engine_kwargs: dict[str, Any] | None = None) -> None:
-        if not temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {temperature!r}")
-        if not 0 < top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {top_p!r}")
+                 engine_kwargs: dict[str, Any] | None = None, greedy: bool = False) -> None:
+        check_sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         try:
@@ -80,15 +78,8 @@ class VLLMPolicy:
                               "pip install vllm") from exc
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.renderer = ChatRenderer(self.tokenizer)
-        self.temperature, self.top_p = float(temperature), float(top_p)
-        self.max_new_tokens = int(max_new_tokens)
-        self.stop = list(stop)
-        self.pad_id = self.tokenizer.pad_token_id
-        self.greedy = False
+        super().__init__(AutoTokenizer.from_pretrained(model), temperature=temperature,
+                         top_p=top_p, max_new_tokens=max_new_tokens, stop=stop, greedy=greedy)
         self._seed = 0 if seed is None else int(seed)
         self._requests = 0
         self._collects = 0
@@ -103,11 +94,7 @@ class VLLMPolicy:
         #: Weight syncs done, and the seconds the last one took.
         self.syncs, self.last_sync_s = 0, 0.0
 
-    # ------------------------------------------------------------------ Agent API
-    def act(self, conversations: Sequence[list[Message]],
-            infos: Sequence[dict[str, Any]] | None = None) -> list[Action]:
-        return self.generate([self.renderer.prompt_ids(c) for c in conversations])
-
+    # ------------------------------------------------------------------ sampling
     def generate(self, prompts: Sequence[Sequence[int]], *,
                  infos: Sequence[dict[str, Any]] | None = None,
                  greedy: bool | None = None) -> list[Action]:
@@ -118,7 +105,7 @@ class VLLMPolicy:
             return []
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt")
-        greedy = self.greedy if greedy is None else greedy
+        greedy = self._decoding(greedy)
         params = []
         for _ in prompts:
             self._requests += 1
@@ -132,7 +119,7 @@ class VLLMPolicy:
 
         return SamplingParams(
             temperature=0.0 if greedy else self.temperature, top_p=1.0 if greedy else self.top_p,
-            max_tokens=self.max_new_tokens, logprobs=0, stop=self.stop or None,
+            max_tokens=self.max_new_tokens, logprobs=0, stop=list(self.stop) or None,
             stop_token_ids=sorted(self.renderer.eos_ids), skip_special_tokens=False,
             include_stop_str_in_output=True, seed=seed,
         )
@@ -164,7 +151,7 @@ class VLLMPolicy:
             prompt = self.renderer.prompt_ids(prompt)
         if len(prompt) == 0:
             raise ValueError("empty prompt")
-        greedy = self.greedy if greedy is None else greedy
+        greedy = self._decoding(greedy)
         state = np.random.SeedSequence([self._seed, self._collects, *map(int, key)])
         params = self._params(greedy, int(state.generate_state(1)[0]))
         params.output_kind = RequestOutputKind.FINAL_ONLY
@@ -203,14 +190,13 @@ class VLLMPolicy:
             raise
 
     # ------------------------------------------------------------------ weights
-    def sync_weights(self, model: Any) -> None:
+    def sync_weights(self, model: Any) -> float:
         """Load ``model``'s current weights (LoRA merged) into the running engine, in place,
-        and drop the prefix cache built with the old ones."""
-        import time
-
+        and drop the prefix cache built with the old ones; seconds taken."""
         start = time.time()
         self.load_weights(list(merged_state_items(model)))
         self.last_sync_s = time.time() - start
+        return self.last_sync_s
 
     def load_weights(self, items: Sequence[tuple[str, Any]]) -> None:
         """Load ``(checkpoint name, tensor)`` pairs into the engine in place; reset the
@@ -218,3 +204,7 @@ class VLLMPolicy:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(items)})
         self.llm.reset_prefix_cache()
         self.syncs += 1
+
+    def close(self) -> None:
+        """Nothing to stop: the engine runs in this process and is freed with the policy
+        (tearing it down explicitly would also reset vLLM's process-wide state)."""

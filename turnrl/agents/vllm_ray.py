@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from turnrl.agents.base import Action
-from turnrl.agents.prompting import ChatRenderer
-from turnrl.agents.vllm import merged_state_items
+from turnrl.agents.token_policy import TokenPolicyBase
+from turnrl.agents.vllm import VLLMPolicy, merged_state_items
 from turnrl.errors import ConfigError
 from turnrl.trajectory import Message
 
@@ -35,8 +35,6 @@ class _Engine:
     """One vLLM engine in a Ray actor."""
 
     def __init__(self, model: str, kwargs: dict[str, Any]) -> None:
-        from turnrl.agents.vllm import VLLMPolicy
-
         self.policy = VLLMPolicy(model, **kwargs)
 
     def ready(self) -> int:
@@ -56,7 +54,7 @@ class _Engine:
         return self.policy.syncs
 
 
-class RayVLLMPolicy:
+class RayVLLMPolicy(TokenPolicyBase):
     """Args:
         model: a Hugging Face id or local directory (what every engine loads).
         num_engines: engines (actors) to start.
@@ -85,14 +83,9 @@ class RayVLLMPolicy:
         if not ray.is_initialized():
             ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
                      log_to_driver=False)
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.renderer = ChatRenderer(self.tokenizer)
-        self.pad_id = self.tokenizer.pad_token_id
-        self.temperature = float(policy_kwargs.get("temperature", 1.0))
-        self.max_new_tokens = int(policy_kwargs.get("max_new_tokens", 64))
-        self.greedy = False
+        front = {k: policy_kwargs[k] for k in ("temperature", "top_p", "max_new_tokens", "stop",
+                                                "greedy") if k in policy_kwargs}
+        super().__init__(AutoTokenizer.from_pretrained(model), **front)
         env_vars = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0",
                     "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
         options = {"num_cpus": 1, **(actor_options or {})}
@@ -106,18 +99,14 @@ class RayVLLMPolicy:
         self.pids = ray.get([e.ready.remote() for e in self.engines])
         self.syncs, self.last_sync_s = 0, 0.0
 
-    # ------------------------------------------------------------------ Agent API
-    def act(self, conversations: Sequence[list[Message]],
-            infos: Sequence[dict[str, Any]] | None = None) -> list[Action]:
-        return self.generate([self.renderer.prompt_ids(c) for c in conversations])
-
+    # ------------------------------------------------------------------ sampling
     def generate(self, prompts: Sequence[Sequence[int]], *,
                  infos: Sequence[dict[str, Any]] | None = None,
                  greedy: bool | None = None) -> list[Action]:
         """One reply per prompt; the batch is split into contiguous chunks, one per engine."""
         if not prompts:
             return []
-        greedy = self.greedy if greedy is None else greedy
+        greedy = self._decoding(greedy)
         n = len(self.engines)
         size = -(-len(prompts) // n)
         refs = [engine.generate.remote([list(p) for p in prompts[i * size:(i + 1) * size]], greedy)
@@ -133,19 +122,20 @@ class RayVLLMPolicy:
         """One reply from the engine that owns this episode (``key[0]``: its seed position)."""
         if prompt and isinstance(prompt[0], dict):
             prompt = self.renderer.prompt_ids(prompt)
-        greedy = self.greedy if greedy is None else greedy
+        greedy = self._decoding(greedy)
         engine = self.engines[(int(key[0]) if key else 0) % len(self.engines)]
         return await engine.agenerate.remote(list(prompt), tuple(int(k) for k in key), greedy)
 
     # ------------------------------------------------------------------ weights
-    def sync_weights(self, model: Any) -> None:
+    def sync_weights(self, model: Any) -> float:
         """Every engine loads ``model``'s weights (LoRA merged), shipped once via Ray's
-        object store."""
+        object store; seconds taken."""
         start = time.time()
         items = self._ray.put([(name, tensor.detach().cpu()) for name, tensor in merged_state_items(model)])
         self._ray.get([e.load_weights.remote(items) for e in self.engines])
         self.syncs += 1
         self.last_sync_s = time.time() - start
+        return self.last_sync_s
 
     def close(self) -> None:
         """Stop the engine actors."""
