@@ -26,9 +26,9 @@ How:
   with the torch, transformers and accelerate versions of turnrl's venv plus TRL pinned to
   ``TRL_VERSION``); TRL is never installed into turnrl's venv.
 - Both sides run their trainer's own loop with only the generation replaced by the fixed
-  batch. turnrl: ``Trainer.rl_update`` with ``_rollout`` returning the fixed single-turn
-  trajectories; the update is ``Trainer._optimize`` (what turnrl logs as
-  ``perf/update_s``), timed by wrapping it; scoring is ``_score`` + ``_advantages``. TRL:
+  batch. turnrl: ``Trainer.rl_update(episodes)`` on the fixed single-turn trajectories;
+  the update is ``Learner.update`` (what turnrl logs as ``perf/update_s``), timed by
+  wrapping it; scoring is ``Learner.score`` + ``Trainer.advantages``. TRL:
   ``trainer.train()`` for ``warmup + repeats`` optimizer steps, with
   ``_generate_single_turn`` returning the fixed completion ids (after checking that TRL's
   own chat-template tokenisation gave the fixed prompt ids) and a reward function
@@ -258,15 +258,15 @@ def run_turnrl(args: argparse.Namespace, data: dict) -> dict:
     trainer = Trainer(cfg)
 
     def fixed_episodes():
-        named = []
+        episodes = []
         for p, ids in enumerate(data["prompt_ids"]):
             for k in range(g):
                 turn = Turn(action="", reward=data["rewards"][p][k], observation="", terminated=True,
                             token_ids=data["completions"][p][k], logprobs=data["logprobs"][p][k],
                             obs_token_ids=[])
-                named.append((ENV_ID, Trajectory(ENV_ID, p, "answer", turns=[turn], group=p,
-                                                 prompt_token_ids=list(ids))))
-        return named
+                episodes.append(Trajectory(ENV_ID, p, "answer", turns=[turn], group=p, entry=ENV_ID,
+                                           prompt_token_ids=list(ids)))
+        return episodes
 
     timers = {"update": 0.0, "update_cpu": 0.0, "score": 0.0, "score_cpu": 0.0}
     captured = {}
@@ -282,21 +282,21 @@ def run_turnrl(args: argparse.Namespace, data: dict) -> dict:
             return out
         return wrapper
 
-    trainer._rollout = fixed_episodes
-    trainer._optimize = timed("update", trainer._optimize)
-    trainer._score = timed("score", trainer._score)
-    trainer._advantages = timed("score", trainer._advantages, capture="advantages")
+    # time the learner's two steps and the advantages step (all public component calls)
+    trainer.learner.update = timed("update", trainer.learner.update)
+    trainer.learner.score = timed("score", trainer.learner.score)
+    trainer.advantages = timed("score", trainer.advantages, capture="advantages")
     rss_before = _rss_mb()
     updates, updates_cpu, scores, grad_norms = [], [], [], []
     for _ in range(args.warmup + args.repeats):
         timers.update(update=0.0, update_cpu=0.0, score=0.0, score_cpu=0.0)
-        metrics = trainer.rl_update()
+        metrics = trainer.rl_update(fixed_episodes())
         trainer.update += 1
         updates.append(timers["update"])
         updates_cpu.append(timers["update_cpu"])
         scores.append(timers["score"])
         grad_norms.append(metrics.get("grad_norm"))
-    adv = captured["advantages"][0][:, 0]  # one advantage per episode, on its only turn
+    adv = captured["advantages"].advantages[:, 0]  # one advantage per episode, on its only turn
     return {
         "side": "turnrl", "algo": args.algo, "update_s": updates[args.warmup:],
         "update_cpu_s": updates_cpu[args.warmup:],
@@ -305,7 +305,7 @@ def run_turnrl(args: argparse.Namespace, data: dict) -> dict:
         "peak_rss_mb": _rss_mb(), "rss_before_updates_mb": rss_before,
         "settings": {k: cfg.to_dict()["algorithm"][k] for k in
                      ("name", "clip_ratio", "kl_coef", "loss_agg", "group_std", "normalize_advantages")}
-        | {"optimizer": type(trainer.optimizer).__name__, "micro_batch_size": cfg.optim.micro_batch_size,
+        | {"optimizer": type(trainer.learner.optimizer).__name__, "micro_batch_size": cfg.optim.micro_batch_size,
            "minibatch_size": cfg.optim.minibatch_size, "lr": cfg.optim.lr},
         "versions": {"torch": torch.__version__, "transformers": _version("transformers")},
     }

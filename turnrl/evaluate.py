@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from turnrl.agents.base import Agent
 from turnrl.envs import registry
 from turnrl.envs.suites import SuiteEntry, get_suite, is_suite, list_suites
@@ -19,7 +21,8 @@ from turnrl.errors import ConfigError, UnknownEnvError, did_you_mean
 from turnrl.rollout import collect, env_kwargs_for
 from turnrl.trajectory import Trajectory
 
-__all__ = ["EnvResult", "evaluate", "wilson_interval", "resolve_target"]
+__all__ = ["EnvResult", "evaluate", "wilson_interval", "resolve_target", "summarize",
+           "episode_metrics"]
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -79,6 +82,19 @@ class EnvResult:
             "restarts": self.restarts,
         }
 
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """Flat ``{prefix}/success``, ``..._ci_low/high``, ``return``, ``turns``,
+        ``invalid_rate``, ``episodes``, ``failed`` (crashed episodes) and ``restarts``
+        (replays after a lost env worker), for training logs."""
+        low, high = self.success_ci95
+        return {
+            f"{prefix}/success": self.success_rate, f"{prefix}/success_ci_low": low,
+            f"{prefix}/success_ci_high": high, f"{prefix}/return": self.mean_return,
+            f"{prefix}/turns": self.mean_turns, f"{prefix}/invalid_rate": self.invalid_rate,
+            f"{prefix}/episodes": float(self.episodes), f"{prefix}/failed": float(self.failed),
+            f"{prefix}/restarts": float(self.restarts),
+        }
+
     @classmethod
     def from_trajectories(cls, env: str, trajectories: Sequence[Trajectory]) -> EnvResult:
         n = len(trajectories)
@@ -87,13 +103,36 @@ class EnvResult:
             env=env,
             episodes=n,
             successes=sum(t.won for t in trajectories),
-            mean_return=sum(t.total_return for t in trajectories) / n if n else 0.0,
+            mean_return=float(np.mean([t.total_return for t in trajectories])) if n else 0.0,
             mean_turns=turns / n if n else 0.0,
             invalid_rate=sum(t.invalid_actions for t in trajectories) / turns if turns else 0.0,
             failed=sum(t.failed is not None for t in trajectories),
             restarts=sum(t.restarts for t in trajectories),
             trajectories=list(trajectories),
         )
+
+
+def summarize(trajectories: Sequence[Trajectory]) -> list[EnvResult]:
+    """One :class:`EnvResult` per suite entry (``Trajectory.entry``), in order of first
+    appearance: the statistics ``turnrl eval`` prints and training logs."""
+    by_entry: dict[str, list[Trajectory]] = {}
+    for traj in trajectories:
+        by_entry.setdefault(traj.entry or traj.env_id, []).append(traj)
+    return [EnvResult.from_trajectories(name, trajs) for name, trajs in by_entry.items()]
+
+
+def episode_metrics(trajectories: Sequence[Trajectory], prefix: str) -> dict[str, float]:
+    """Training-log statistics of a batch of episodes: over all of them
+    (``{prefix}/success``, ...) and, when they come from several suite entries, per entry
+    (``{prefix}/{entry}/success``, ...)."""
+    if not trajectories:
+        return {}
+    out = EnvResult.from_trajectories("", trajectories).metrics(prefix)
+    per_entry = summarize(trajectories)
+    if len(per_entry) > 1:
+        for result in per_entry:
+            out.update(result.metrics(f"{prefix}/{result.env}"))
+    return out
 
 
 def resolve_target(
@@ -176,6 +215,7 @@ def evaluate(
         registry.prepare(entry.env_id, seeds, kwargs)
         trajectories = collect(
             registry.factory(entry.env_id, **kwargs), agent, seeds, env_id=entry.env_id,
+            entry=entry.name,
             num_envs=num_envs, mode=mode, env_pool=env_pool, envs_per_worker=envs_per_worker,
             ray_address=ray_address, on_episode_end=on_episode_end,
         )

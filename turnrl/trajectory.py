@@ -106,6 +106,8 @@ class Trajectory:
         turns: one :class:`Turn` per env step.
         reset_info: the info dict returned by ``reset``.
         group: index of the (env, seed) group for grouped rollouts (RLOO, GRPO).
+        entry: the suite entry the episode was played for (its name in tables and
+            per-env metrics); the env id when played outside a suite.
         failed: set when the episode could not run to the end (e.g. a crashed worker);
             such episodes are reported, never silently dropped.
         restarts: how often the episode was played again from its reset because the
@@ -121,6 +123,7 @@ class Trajectory:
     turns: list[Turn] = field(default_factory=list)
     reset_info: dict[str, Any] = field(default_factory=dict)
     group: int | None = None
+    entry: str = ""
     failed: str | None = None
     restarts: int = 0
     prompt_token_ids: list[int] | None = None

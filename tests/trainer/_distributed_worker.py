@@ -27,12 +27,12 @@ from turnrl.trainer.distributed import shard_range  # noqa: E402
 turnrl.register("turnrl/GuessDist-v0", GuessNumber, override=True, max_turns=3)
 
 
-def _block(named, group_size: int, rank: int, world_size: int):
+def _block(episodes, group_size: int, rank: int, world_size: int):
     """This rank's contiguous block of whole groups, group indices from 0."""
-    groups = shard_range(len(named) // group_size, rank, world_size)
-    mine = named[groups.start * group_size: groups.stop * group_size]
-    return [(name, dataclasses.replace(t, group=t.group - groups.start) if t.group is not None else t)
-            for name, t in mine]
+    groups = shard_range(len(episodes) // group_size, rank, world_size)
+    mine = episodes[groups.start * group_size: groups.stop * group_size]
+    return [dataclasses.replace(t, group=t.group - groups.start) if t.group is not None else t
+            for t in mine]
 
 
 def _grads(module) -> dict[str, torch.Tensor]:
@@ -45,10 +45,9 @@ def run_case(case: Path) -> None:
     trainer = Trainer(cfg)
     rank, world = trainer.dist.rank, trainer.dist.world_size
     assert world == 2, f"expected 2 processes, got {world}"
-    named = pickle.loads((case / "episodes.pkl").read_bytes())
-    mine = _block(named, cfg.rollout.group_size, rank, world)
-    trainer._rollout = lambda: mine
-    metrics = trainer.rl_update()
+    episodes = pickle.loads((case / "episodes.pkl").read_bytes())
+    mine = _block(episodes, cfg.rollout.group_size, rank, world)
+    metrics = trainer.rl_update(mine)
     torch.save({
         "metrics": metrics,
         "episodes": len(mine),

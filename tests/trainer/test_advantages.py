@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from turnrl.trainer.advantages import masked_whiten, spread_to_tokens, turn_gae
+from turnrl.trainer.advantages import spread_to_tokens, turn_gae
 
 GAMMA, LAM = 0.9, 0.8  # gamma * lam = 0.72
 
@@ -89,12 +89,6 @@ def test_bad_values_shape():
                  gamma=1.0, lam=1.0)
 
 
-def test_masked_whiten():
-    x = torch.tensor([1.0, 3.0, 100.0])
-    out = masked_whiten(x, torch.tensor([1.0, 1.0, 0.0]))
-    assert out.tolist() == pytest.approx([-1.0, 1.0, 0.0], abs=1e-4)
-
-
 # ---------------------------------------------------------------- RLOO and GRPO
 from turnrl.trainer.advantages import episode_returns, grpo_advantages, rloo_advantages  # noqa: E402
 
@@ -145,19 +139,21 @@ def test_episode_returns_discount_per_turn_and_ignore_padding():
 def test_long_episodes_do_not_weigh_more_in_the_group_baseline():
     # One group of three episodes with returns 1, 0, 0 but 1, 5 and 1 turns: the baseline
     # is a mean over episodes (1/3), not over turns (1/7 if every turn counted once).
-    from turnrl.trainer.algorithms import get
-    from turnrl.trainer.config import AlgorithmConfig
+    from turnrl.trainer import estimators
+    from turnrl.trainer.turns import TurnBatch
 
     rewards = torch.zeros(3, 5)
     rewards[0, 0] = 1.0
     mask = torch.zeros(3, 5)
     mask[0, :1], mask[1, :5], mask[2, :1] = 1, 1, 1
-    cfg = AlgorithmConfig(name="grpo", gamma=1.0)
-    for name, expected in (("rloo", [1.0, -0.5, -0.5]),  # 1 - 0; 0 - (1 + 0)/2
-                           ("grpo", [1.1547, -0.57735, -0.57735])):  # (R - 1/3) / 0.57735
-        adv, ret = get(name).advantages(rewards=rewards, values=torch.zeros(3, 6), turn_mask=mask,
-                                        terminated=torch.ones(3, dtype=torch.bool),
-                                        groups=[0, 0, 0], turn_groups=None, cfg=cfg)
+    turns = TurnBatch(rewards=rewards, values=torch.zeros(3, 6), turn_mask=mask,
+                      terminated=torch.ones(3, dtype=torch.bool), groups=[0, 0, 0])
+    for estimator, expected in (
+        (lambda t: estimators.rloo(t, gamma=1.0), [1.0, -0.5, -0.5]),  # 1 - 0; 0 - (1 + 0)/2
+        (lambda t: estimators.grpo(t, gamma=1.0, group_std=True),  # (R - 1/3) / 0.57735
+         [1.1547, -0.57735, -0.57735]),
+    ):
+        adv, ret = estimator(turns)
         # every real turn of an episode carries that episode's advantage; padding is 0
         assert adv[:, 0].tolist() == pytest.approx(expected, abs=1e-4)
         assert adv[1].tolist() == pytest.approx([expected[1]] * 5, abs=1e-4)
@@ -168,11 +164,11 @@ def test_long_episodes_do_not_weigh_more_in_the_group_baseline():
 def test_batch_normalisation_of_episode_advantages_counts_episodes():
     # Episodes with advantages +1 (1 turn) and -1 (3 turns): over episodes the mean is 0
     # and they stay symmetric; over turns the mean would be -0.5.
-    from turnrl.trainer.trainer import _whiten
+    from turnrl.trainer.turns import whiten
 
     adv = torch.tensor([[1.0, 0.0, 0.0], [-1.0, -1.0, -1.0]])
     mask = torch.tensor([[1.0, 0, 0], [1, 1, 1]])
-    out = _whiten(adv, mask, per_episode=True)
+    out = whiten(adv, mask, per_episode=True)
     assert out[0, 0].item() == pytest.approx(-out[1, 0].item())
     assert out[1].tolist() == pytest.approx([out[1, 0].item()] * 3)
     assert out[0, 1:].tolist() == [0.0, 0.0]

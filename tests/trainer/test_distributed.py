@@ -28,7 +28,8 @@ import turnrl  # noqa: E402
 from turnrl.errors import ConfigError  # noqa: E402
 from turnrl.trainer import Trainer, load_config  # noqa: E402
 from turnrl.trainer.distributed import Distributed, shard_range  # noqa: E402
-from turnrl.trainer.env_mix import EnvMix, MixEntry  # noqa: E402
+from turnrl.envs.suites import SuiteEntry  # noqa: E402
+from turnrl.trainer.env_mix import EnvMix  # noqa: E402
 from turnrl.trajectory import Trajectory  # noqa: E402
 
 turnrl.register("turnrl/GuessDist-v0", GuessNumber, override=True, max_turns=3)
@@ -86,12 +87,12 @@ def _episodes(tmp_path: Path, model: Path, overrides: list[str]):
     every advantage estimator has signal."""
     trainer = Trainer(load_config(None, [f"model.name_or_path={model}", *COMMON, *overrides,
                                          f"run_dir={tmp_path / 'collect'}"]))
-    named = trainer._rollout()
+    episodes = trainer.rollout()
     rng = random.Random(0)
-    for _, traj in named:
+    for traj in episodes:
         for turn in traj.turns:
             turn.reward = round(rng.uniform(-1.0, 1.0), 3)
-    return named
+    return episodes
 
 
 def _grads(module) -> dict[str, torch.Tensor]:
@@ -108,14 +109,13 @@ def runs(tmp_path_factory, tiny_guess_model):
         case = root / name
         case.mkdir()
         overrides = [f"model.name_or_path={tiny_guess_model}", *COMMON, *overrides]
-        named = _episodes(case, tiny_guess_model, CASES[name])
-        (case / "episodes.pkl").write_bytes(pickle.dumps(named))
+        episodes = _episodes(case, tiny_guess_model, CASES[name])
+        (case / "episodes.pkl").write_bytes(pickle.dumps(episodes))
         (case / "overrides.json").write_text(json.dumps(overrides))
         trainer = Trainer(load_config(None, [*overrides, f"run_dir={case / 'one'}"]))
-        trainer._rollout = lambda named=named: named
-        metrics = trainer.rl_update()
+        metrics = trainer.rl_update(episodes)
         reference[name] = {
-            "metrics": metrics, "episodes": len(named), "grads": _grads(trainer.model),
+            "metrics": metrics, "episodes": len(episodes), "grads": _grads(trainer.model),
             "critic_grads": _grads(trainer.critic) if trainer.critic is not None else {},
             "params": {n: p.detach().clone() for n, p in trainer.model.named_parameters()},
         }
@@ -203,12 +203,13 @@ def test_shard_range_splits_into_contiguous_blocks():
 
 
 def test_sharded_env_mix_plays_one_process_groups_in_its_order():
-    entries = [MixEntry("a", "turnrl/GuessDist-v0", {}, tuple(range(100)), (), 1.0),
-               MixEntry("b", "turnrl/GuessDist-v0", {}, tuple(range(100, 200)), (), 2.0)]
-    whole = EnvMix(entries, seed=3).sample_groups(9)
+    entries = [SuiteEntry("turnrl/GuessDist-v0", {}, range(100), range(1000, 1001), name="a"),
+               SuiteEntry("turnrl/GuessDist-v0", {}, range(100, 200), range(1000, 1001), name="b")]
+    weights = [1.0, 2.0]
+    whole = EnvMix(entries, seed=3, weights=weights).sample_groups(9)
     shards = []
     for rank in range(2):
-        mix = EnvMix(entries, seed=3)
+        mix = EnvMix(entries, seed=3, weights=weights)
         mix.shard(rank, 2)
         shards.append(mix.sample_groups(9))
     # every group once, and per entry the ranks' blocks in one-process order
@@ -219,17 +220,17 @@ def test_sharded_env_mix_plays_one_process_groups_in_its_order():
     def episodes(groups_per_entry):
         out = []
         for name, seeds in zip("ab", groups_per_entry, strict=True):
-            out += [(name, Trajectory("x", seed, "", group=g)) for g, seed in enumerate(seeds)
+            out += [Trajectory("x", seed, "", group=g, entry=name) for g, seed in enumerate(seeds)
                     for _ in range(2)]
         return out
 
-    merged = EnvMix(entries, seed=3).merge([episodes(s) for s in shards])
+    merged = EnvMix(entries, seed=3, weights=weights).merge([episodes(s) for s in shards])
     expected = episodes(whole)
-    assert [(n, t.seed, t.group) for n, t in merged] == [(n, t.seed, t.group) for n, t in expected]
+    assert [(t.entry, t.seed, t.group) for t in merged] == [(t.entry, t.seed, t.group) for t in expected]
 
 
 def test_sharded_env_mix_rng_stays_in_step():
-    entries = [MixEntry("a", "turnrl/GuessDist-v0", {}, tuple(range(100)), (), 1.0)]
+    entries = [SuiteEntry("turnrl/GuessDist-v0", {}, range(100), range(1000, 1001), name="a")]
     mixes = [EnvMix(entries, seed=5) for _ in range(3)]
     for rank, mix in enumerate(mixes):
         mix.shard(rank, 3)

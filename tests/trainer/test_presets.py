@@ -88,7 +88,7 @@ def test_bad_preset_settings_are_named():
     msg = str(exc.value)
     assert "model.critic 'separate' does not go with algorithm vldac: use 'head'" in msg
     assert "model.lora has unknown keys ['alhpa']" in msg
-    assert "token-mean or seq-mean-token-mean, got 'seq-mean'" in msg
+    assert "loss_agg must be one of token-mean, seq-mean-token-mean, got 'seq-mean'" in msg
     assert "ratio_guard must be > 1" in msg
 
 
@@ -117,15 +117,14 @@ def test_each_preset_update_is_finite_and_moves_the_policy(tmp_path, tiny_guess_
 
 def test_vldac_value_loss_sends_no_gradient_to_the_policy(tmp_path, tiny_guess_model):
     trainer = Trainer(config(tmp_path, tiny_guess_model, "algorithm.name=vldac"))
-    named = trainer._rollout()
-    trajs = [t for _, t in named]
+    trajs = trainer.rollout()
     samples = build_samples(trajs, "full")
-    scored = trainer._score(samples)
-    _, returns, _ = trainer._advantages(trajs, samples, scored)
+    scored = trainer.learner.score(samples)
+    adv = trainer.advantages(trajs, samples, scored)
     batch = collate(samples[:2], trainer.policy.pad_id, [0, 1])
     out = token_logprobs(trainer.model, batch.input_ids, batch.attention_mask, with_hidden=True)
     trainer.model.zero_grad(set_to_none=True)
-    v_loss = trainer._value_loss(batch, out["hidden"], [0, 1], samples, scored, returns)
+    v_loss = trainer.learner.value_loss(batch, out["hidden"], samples[:2], scored.values[:2], adv)
     assert v_loss.item() > 0
     v_loss.backward()
     assert all(p.grad is None for p in trainer.model.parameters())
@@ -176,11 +175,11 @@ def test_lora_reference_is_the_base_and_memory_holds_one_copy(tmp_path, tiny_gue
     metrics = lora.rl_update()
     assert _moved(before, lora.model) == set(before)  # the adapters (only) trained
     assert metrics["kl_ref"] >= 0
-    samples = build_samples([t for _, t in lora._rollout()], "full")
+    samples = build_samples(lora.rollout(), "full")
     batch = collate(samples[:4], lora.policy.pad_id)
     lora.model.eval()
     with torch.no_grad():
-        ref = lora._reference_logprobs(batch)
+        ref = lora.learner.reference_logprobs(batch)
         expected = token_logprobs(base, batch.input_ids, batch.attention_mask)["logprobs"]
         policy = token_logprobs(lora.model, batch.input_ids, batch.attention_mask)["logprobs"]
     mask = batch.attention_mask > 0
@@ -213,9 +212,9 @@ def test_lora_sft_warm_start_becomes_the_reference(tmp_path, tiny_guess_model):
     # SFT adapters are folded into the base; RL starts from fresh (zero-effect) adapters,
     # so policy == reference at the start of RL, as without LoRA
     assert (trainer.run_dir / "sft_model" / "config.json").exists()
-    samples = build_samples([t for _, t in trainer._rollout()], "full")
-    scored = trainer._score(samples)
-    for old, ref in zip(scored["old_logp"], scored["ref_logp"], strict=True):
+    samples = build_samples(trainer.rollout(), "full")
+    scored = trainer.learner.score(samples)
+    for old, ref in zip(scored.old_logp, scored.ref_logp, strict=True):
         assert torch.allclose(old, ref, atol=1e-6)
     sft_policy = token_logprobs(trainer.model, *_ids(samples, trainer))["logprobs"]
     trainer.rl_update()
@@ -278,8 +277,7 @@ def test_ospo_smoke_on_the_dispatch_driver_view(tmp_path):
     trainer = Trainer(cfg)
     assert trainer.critic is None
     trainer.train_sft()  # enough to reply "O3" / "wait" sometimes: rewards then differ
-    named = trainer._rollout()
-    trajs = [t for _, t in named]
+    trajs = trainer.rollout()
     assert all("turn_group" in turn.info for t in trajs for turn in t.turns)
     before = _params(trainer.model)
     metrics = trainer.rl_update()

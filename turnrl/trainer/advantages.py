@@ -11,8 +11,7 @@ import torch
 
 __all__ = [
     "turn_gae", "episode_returns", "rloo_advantages", "grpo_advantages", "ospo_advantages",
-    "spread_to_tokens",
-    "masked_mean", "masked_whiten", "ESTIMATORS",
+    "spread_to_tokens", "masked_mean",
 ]
 
 
@@ -187,15 +186,3 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     if dim is None:
         return x.sum() / mask.sum().clamp(min=1.0)
     return x.sum(dim) / mask.sum(dim).clamp(min=1.0)
-
-
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """``(x - mean) / std`` over masked positions; 0 elsewhere."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    return (x - mean) * torch.rsqrt(var + eps) * mask.to(x.dtype)
-
-
-#: The estimators, by name.
-ESTIMATORS = {"gae": turn_gae, "rloo": rloo_advantages, "grpo": grpo_advantages,
-              "ospo": ospo_advantages}

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "load_weights", "rng_state",
+           "set_rng_state"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -65,3 +66,19 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """The ``state.pt`` dict of a checkpoint directory (RNG restored by the caller)."""
     return torch.load(Path(path) / "state.pt", weights_only=False)
+
+
+def load_weights(model: Any, model_dir: str | Path, *, adapters: bool = False) -> None:
+    """Load a saved model directory's weights into ``model`` in place: the whole model, or
+    (``adapters``) only the LoRA adapters of a peft model (``adapter_model.safetensors``)."""
+    model_dir = Path(model_dir)
+    if adapters:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(model_dir / "adapter_model.safetensors"))
+        return
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(model_dir, dtype=model.dtype)
+    model.load_state_dict(loaded.state_dict())

@@ -20,36 +20,24 @@ from typing import Any
 
 import yaml
 
+from turnrl.envs.pool import POOL_KINDS
 from turnrl.errors import ConfigError, did_you_mean
+from turnrl.rollout import ROLLOUT_MODES
+from turnrl.trainer import algorithms
+from turnrl.trainer.algorithms import (
+    BACKENDS,
+    BASE_DEFAULTS,
+    KL_ESTIMATORS,
+    KL_PLACEMENTS,
+    LOSS_AGG_MODES,
+)
+from turnrl.trajectory import parse_context
 
 __all__ = [
     "ModelConfig", "EnvConfig", "RolloutConfig", "AlgorithmConfig", "OptimConfig",
     "SFTConfig", "EvalConfig", "DistributedConfig", "TrainConfig", "load_config", "apply_overrides",
-    "ALGORITHMS", "PRESET_DEFAULTS", "LORA_KEYS",
+    "LORA_KEYS",
 ]
-
-ALGORITHMS = ("ppo", "vldac", "rloo", "grpo", "ospo", "sft")
-
-#: What each preset fills in for the settings left null. The VL-DAC values follow Bredis
-#: et al. (2025) where the paper fixes them (clip 0.1, ratio guard 10, k3 KL to the
-#: reference, a detached MLP value head trained alone first); the warm-up length is ours,
-#: sized for runs of tens of updates. RLOO and GRPO have no critic; their advantages are
-#: statistics over the episodes of a group, so no further normalisation by default.
-_NO_CRITIC = {"clip_ratio": 0.2, "kl_coef": 0.0, "normalize_advantages": False,
-              "critic_warmup_updates": 0, "ratio_guard": 0.0, "critic": "none"}
-PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ppo": {"clip_ratio": 0.2, "kl_coef": 0.0, "normalize_advantages": True,
-            "critic_warmup_updates": 0, "ratio_guard": 0.0, "critic": "separate"},
-    "vldac": {"clip_ratio": 0.1, "kl_coef": 0.04, "normalize_advantages": True,
-              "critic_warmup_updates": 2, "ratio_guard": 10.0, "critic": "head"},
-    "rloo": dict(_NO_CRITIC), "grpo": dict(_NO_CRITIC), "ospo": dict(_NO_CRITIC),
-    "sft": dict(_NO_CRITIC),
-}
-#: Critics each preset allows.
-CRITICS: dict[str, tuple[str, ...]] = {
-    "ppo": ("separate", "shared", "head"), "vldac": ("head",),
-    "rloo": ("none",), "grpo": ("none",), "ospo": ("none",), "sft": ("none",),
-}
 
 
 @dataclass
@@ -133,21 +121,29 @@ class RolloutConfig:
 
 @dataclass
 class AlgorithmConfig:
-    """The update rule (a preset name plus its coefficients)."""
+    """The update rule: an algorithm (a row of :mod:`turnrl.trainer.algorithms`) and its
+    coefficients.
 
-    #: ppo | vldac | rloo | grpo | ospo | sft. Settings left null take the preset's value
-    #: (:data:`PRESET_DEFAULTS`).
+    Settings typed ``| None`` and left null take the algorithm's value (its row's
+    ``defaults``, else :data:`~turnrl.trainer.algorithms.BASE_DEFAULTS`); every optional
+    term (KL, ratio guard, dual clip, truncated IS, value clip, entropy) is switched off
+    by setting it to 0.
+    """
+
+    #: A registered algorithm: ppo | vldac | rloo | grpo | ospo | sft (``turnrl train
+    #: --help`` lists them with their critics and group sizes).
     name: str = "ppo"
     #: Discount per turn (GAE; rloo/grpo discount an episode's return with it).
     gamma: float = 1.0
     lam: float = 0.95
     clip_ratio: float | None = None
-    #: Dual-clip constant (> 1) or null.
+    #: Dual-clip constant (> 1); 0 disables.
     dual_clip: float | None = None
-    #: Value clip range, or null for unclipped.
-    value_clip: float | None = 0.2
+    #: Value clip range; 0 disables (unclipped value loss).
+    value_clip: float | None = None
     #: Weight of the value loss when the critic shares the policy's backbone.
     vf_coef: float = 0.5
+    #: Entropy bonus; 0 disables.
     entropy_coef: float = 0.0
     #: KL to the reference (the policy RL starts from; with LoRA the base with adapters
     #: off): coefficient (0 disables), estimator, and where it goes: "reward" (k1 per
@@ -155,7 +151,7 @@ class AlgorithmConfig:
     kl_coef: float | None = None
     kl_estimator: str = "k3"
     kl_in: str = "loss"
-    #: Whiten advantages over the rollout batch (over turns for GAE presets, over
+    #: Whiten advantages over the rollout batch (over turns for GAE algorithms, over
     #: episodes for rloo/grpo).
     normalize_advantages: bool | None = None
     #: token-mean | seq-mean-token-mean
@@ -163,11 +159,11 @@ class AlgorithmConfig:
     #: Updates that train the critic only, before the policy moves.
     critic_warmup_updates: int | None = None
     #: VL-DAC's guard: where any importance ratio within a turn exceeds this, that turn's
-    #: tokens use only the clipped term (no gradient). 0 disables.
+    #: tokens use only the clipped term (no gradient); 0 disables.
     ratio_guard: float | None = None
     #: Truncated importance sampling: weigh each token's policy loss by
     #: min(exp(logp_train_old - logp_rollout), cap), correcting for a rollout engine whose
-    #: logprobs differ from the trainer's (vLLM). Null: off.
+    #: logprobs differ from the trainer's (vLLM); 0 disables.
     tis_cap: float | None = None
     #: grpo, ospo: divide by the group's standard deviation; false drops it (Dr. GRPO).
     group_std: bool = True
@@ -266,120 +262,145 @@ class TrainConfig:
         self.validate()
 
     def apply_preset(self) -> None:
-        """Fill the settings left null with the algorithm preset's values."""
-        defaults = PRESET_DEFAULTS.get(self.algorithm.name)
-        if defaults is None:
+        """Fill the settings left null with the algorithm's values (its table row)."""
+        if self.algorithm.name not in algorithms.names():
             return  # validate() reports the unknown name
-        for key, value in defaults.items():
-            section = self.model if key == "critic" else self.algorithm
-            if getattr(section, key) is None:
-                setattr(section, key, value)
+        row = algorithms.get(self.algorithm.name)
+        if self.model.critic is None:
+            self.model.critic = row.setting("critic")
+        for key in BASE_DEFAULTS:
+            if getattr(self.algorithm, key) is None:
+                setattr(self.algorithm, key, row.setting(key))
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise one :class:`ConfigError` listing every problem."""
         e: list[str] = []
-        m, env, r, a, o = self.model, self.env, self.rollout, self.algorithm, self.optim
-        if not m.name_or_path and not m.tiny:
-            e.append("model.name_or_path is empty: give a Hugging Face id / local dir, or "
-                     "set model.tiny to build a tiny model")
-        allowed = CRITICS.get(a.name)
-        if allowed is not None and m.critic not in allowed:
-            e.append(f"model.critic {m.critic!r} does not go with algorithm {a.name}: "
-                     f"use {' or '.join(map(repr, allowed))} (or leave it null)")
-        if m.lora is not None:
-            unknown = sorted(set(m.lora) - set(LORA_KEYS))
-            if unknown:
-                e.append(f"model.lora has unknown keys {unknown}; valid keys: {', '.join(LORA_KEYS)}")
-            if not isinstance(m.lora.get("r", 8), int) or m.lora.get("r", 8) < 1:
-                e.append(f"model.lora.r must be an integer >= 1, got {m.lora.get('r')!r}")
-        if bool(env.id) == bool(env.suite):
-            e.append("set exactly one of env.id and env.suite")
-        for name in ("train_seeds", "eval_seeds"):
-            value = getattr(env, name)
-            if len(value) != 2 or value[0] >= value[1]:
-                e.append(f"env.{name} must be [start, stop) with start < stop, got {value}")
-        if len(env.train_seeds) == 2 and len(env.eval_seeds) == 2:
-            (a0, a1), (b0, b1) = env.train_seeds, env.eval_seeds
-            if a0 < b1 and b0 < a1:
-                e.append(f"env.train_seeds {env.train_seeds} and env.eval_seeds "
-                         f"{env.eval_seeds} overlap; eval seeds must be held out")
-        if a.name not in ALGORITHMS:
-            e.append(f"algorithm.name must be one of {ALGORITHMS}, got {a.name!r}"
-                     f"{did_you_mean(a.name, ALGORITHMS)}")
-        if a.loss_agg not in ("token-mean", "seq-mean-token-mean"):
-            e.append(f"algorithm.loss_agg must be token-mean or seq-mean-token-mean, got {a.loss_agg!r}")
-        if a.kl_estimator not in ("k1", "k2", "k3"):
-            e.append(f"algorithm.kl_estimator must be k1, k2 or k3, got {a.kl_estimator!r}")
-        if a.kl_in not in ("reward", "loss"):
-            e.append(f"algorithm.kl_in must be 'reward' or 'loss', got {a.kl_in!r}")
-        if not 0 <= a.gamma <= 1 or not 0 <= a.lam <= 1:
-            e.append(f"algorithm.gamma and algorithm.lam must be in [0, 1], got {a.gamma}, {a.lam}")
-        if a.dual_clip is not None and a.dual_clip <= 1:
-            e.append(f"algorithm.dual_clip must be > 1 or null, got {a.dual_clip}")
-        if r.episodes_per_update < 1:
-            e.append(f"rollout.episodes_per_update must be >= 1, got {r.episodes_per_update}")
-        if a.name in ("rloo", "grpo") and r.group_size < 2:
-            e.append(f"algorithm {a.name} compares episodes within a group of the same (env, "
-                     f"seed), so it needs rollout.group_size >= 2, got {r.group_size}: set e.g. "
-                     f"rollout.group_size=4 (rollout.episodes_per_update a multiple of it)")
-        if a.clip_ratio is not None and not 0 < a.clip_ratio < 1:
-            e.append(f"algorithm.clip_ratio must be in (0, 1), got {a.clip_ratio}")
-        if a.kl_coef is not None and a.kl_coef < 0:
-            e.append(f"algorithm.kl_coef must be >= 0, got {a.kl_coef}")
-        if a.ratio_guard is not None and a.ratio_guard != 0 and a.ratio_guard <= 1:
-            e.append(f"algorithm.ratio_guard must be > 1 (or 0 to disable), got {a.ratio_guard}")
-        if a.critic_warmup_updates is not None and a.critic_warmup_updates < 0:
-            e.append(f"algorithm.critic_warmup_updates must be >= 0, got {a.critic_warmup_updates}")
-        if r.group_size < 1 or r.episodes_per_update % r.group_size:
-            e.append(f"rollout.episodes_per_update ({r.episodes_per_update}) must be a multiple "
-                     f"of rollout.group_size ({r.group_size})")
-        try:
-            from turnrl.trajectory import parse_context
-
-            parse_context(r.context)
-        except ValueError as exc:
-            e.append(f"rollout.context: {exc}")
-        if r.max_context_tokens <= r.max_new_tokens:
-            e.append(f"rollout.max_context_tokens ({r.max_context_tokens}) must exceed "
-                     f"rollout.max_new_tokens ({r.max_new_tokens})")
-        if r.backend not in ("hf", "vllm"):
-            e.append(f"rollout.backend must be 'hf' or 'vllm', got {r.backend!r}")
-        if r.env_pool not in ("local", "subprocess", "ray"):
-            e.append(f"rollout.env_pool must be 'local', 'subprocess' or 'ray', got {r.env_pool!r}")
-        if r.vllm_engines < 1:
-            e.append(f"rollout.vllm_engines must be >= 1, got {r.vllm_engines}")
-        elif r.vllm_engines > 1 and r.backend != "vllm":
-            e.append(f"rollout.vllm_engines={r.vllm_engines} needs rollout.backend=vllm")
-        if r.envs_per_worker < 1:
-            e.append(f"rollout.envs_per_worker must be >= 1, got {r.envs_per_worker}")
-        if r.mode not in ("lockstep", "async"):
-            e.append(f"rollout.mode must be 'lockstep' or 'async', got {r.mode!r}")
-        elif r.mode == "async" and r.backend != "vllm":
-            e.append(f"rollout.mode=async needs rollout.backend=vllm (the HF policy generates in "
-                     f"lockstep batches), got backend {r.backend!r}")
-        if a.tis_cap is not None and a.tis_cap <= 0:
-            e.append(f"algorithm.tis_cap must be > 0 or null, got {a.tis_cap}")
-        if not r.temperature > 0:
-            e.append(f"rollout.temperature must be > 0, got {r.temperature}")
-        if o.micro_batch_size < 1 or o.minibatch_size % o.micro_batch_size:
-            e.append(f"optim.minibatch_size ({o.minibatch_size}) must be a multiple of "
-                     f"optim.micro_batch_size ({o.micro_batch_size})")
-        if o.epochs_per_update < 1:
-            e.append(f"optim.epochs_per_update must be >= 1, got {o.epochs_per_update}")
-        if o.lr <= 0 or o.critic_lr <= 0:
-            e.append("optim.lr and optim.critic_lr must be > 0")
-        if a.name == "sft" and self.sft.episodes < 1:
-            e.append("algorithm.name is sft but sft.episodes is 0: set sft.episodes")
-        if self.total_updates < 0:
-            e.append(f"total_updates must be >= 0, got {self.total_updates}")
-        if not self.distributed.timeout_s > 0:
-            e.append(f"distributed.timeout_s must be > 0, got {self.distributed.timeout_s}")
+        for check in (_check_model, _check_env, _check_rollout, _check_algorithm, _check_run):
+            e += check(self)
         if e:
             raise ConfigError("invalid config:\n  - " + "\n  - ".join(e))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> list[str]:
+    if value in allowed:
+        return []
+    return [f"{key} must be one of {', '.join(allowed)}, got {value!r}{did_you_mean(str(value), allowed)}"]
+
+
+def _check_model(c: TrainConfig) -> list[str]:
+    m, e = c.model, []
+    if not m.name_or_path and not m.tiny:
+        e.append("model.name_or_path is empty: give a Hugging Face id / local dir, or "
+                 "set model.tiny to build a tiny model")
+    if c.algorithm.name in algorithms.names():
+        allowed = algorithms.get(c.algorithm.name).critics
+        if m.critic not in allowed:
+            e.append(f"model.critic {m.critic!r} does not go with algorithm {c.algorithm.name}: "
+                     f"use {' or '.join(map(repr, allowed))} (or leave it null)")
+    if m.lora is not None:
+        unknown = sorted(set(m.lora) - set(LORA_KEYS))
+        if unknown:
+            e.append(f"model.lora has unknown keys {unknown}; valid keys: {', '.join(LORA_KEYS)}")
+        if not isinstance(m.lora.get("r", 8), int) or m.lora.get("r", 8) < 1:
+            e.append(f"model.lora.r must be an integer >= 1, got {m.lora.get('r')!r}")
+    return e
+
+
+def _check_env(c: TrainConfig) -> list[str]:
+    env, e = c.env, []
+    if bool(env.id) == bool(env.suite):
+        e.append("set exactly one of env.id and env.suite")
+    for name in ("train_seeds", "eval_seeds"):
+        value = getattr(env, name)
+        if len(value) != 2 or value[0] >= value[1]:
+            e.append(f"env.{name} must be [start, stop) with start < stop, got {value}")
+    if len(env.train_seeds) == 2 and len(env.eval_seeds) == 2:
+        (a0, a1), (b0, b1) = env.train_seeds, env.eval_seeds
+        if a0 < b1 and b0 < a1:
+            e.append(f"env.train_seeds {env.train_seeds} and env.eval_seeds "
+                     f"{env.eval_seeds} overlap; eval seeds must be held out")
+    return e
+
+
+def _check_rollout(c: TrainConfig) -> list[str]:
+    r, e = c.rollout, []
+    if r.episodes_per_update < 1:
+        e.append(f"rollout.episodes_per_update must be >= 1, got {r.episodes_per_update}")
+    if r.group_size < 1 or r.episodes_per_update % r.group_size:
+        e.append(f"rollout.episodes_per_update ({r.episodes_per_update}) must be a multiple "
+                 f"of rollout.group_size ({r.group_size})")
+    try:
+        parse_context(r.context)
+    except ValueError as exc:
+        e.append(f"rollout.context: {exc}")
+    if r.max_context_tokens <= r.max_new_tokens:
+        e.append(f"rollout.max_context_tokens ({r.max_context_tokens}) must exceed "
+                 f"rollout.max_new_tokens ({r.max_new_tokens})")
+    e += _one_of("rollout.backend", r.backend, BACKENDS)
+    e += _one_of("rollout.env_pool", r.env_pool, POOL_KINDS)
+    e += _one_of("rollout.mode", r.mode, ROLLOUT_MODES)
+    if r.mode == "async" and r.backend != "vllm":
+        e.append(f"rollout.mode=async needs rollout.backend=vllm (the HF policy generates in "
+                 f"lockstep batches), got backend {r.backend!r}")
+    if r.vllm_engines < 1:
+        e.append(f"rollout.vllm_engines must be >= 1, got {r.vllm_engines}")
+    elif r.vllm_engines > 1 and r.backend != "vllm":
+        e.append(f"rollout.vllm_engines={r.vllm_engines} needs rollout.backend=vllm")
+    if r.envs_per_worker < 1:
+        e.append(f"rollout.envs_per_worker must be >= 1, got {r.envs_per_worker}")
+    if not r.temperature > 0:
+        e.append(f"rollout.temperature must be > 0, got {r.temperature}")
+    return e
+
+
+def _check_algorithm(c: TrainConfig) -> list[str]:
+    a, e = c.algorithm, []
+    if a.name not in algorithms.names():
+        return [f"algorithm.name must be one of {', '.join(algorithms.names())}, got "
+                f"{a.name!r}{did_you_mean(a.name, algorithms.names())}"]
+    row = algorithms.get(a.name)
+    if c.rollout.group_size < row.min_group_size:
+        e.append(f"algorithm {a.name} compares episodes within a group of the same (env, "
+                 f"seed), so it needs rollout.group_size >= {row.min_group_size}, got "
+                 f"{c.rollout.group_size}: set e.g. rollout.group_size=4 "
+                 f"(rollout.episodes_per_update a multiple of it)")
+    if not row.trains_rl and c.sft.episodes < 1:
+        e.append(f"algorithm.name is {a.name} but sft.episodes is 0: set sft.episodes")
+    e += _one_of("algorithm.loss_agg", a.loss_agg, LOSS_AGG_MODES)
+    e += _one_of("algorithm.kl_estimator", a.kl_estimator, KL_ESTIMATORS)
+    e += _one_of("algorithm.kl_in", a.kl_in, KL_PLACEMENTS)
+    if not 0 <= a.gamma <= 1 or not 0 <= a.lam <= 1:
+        e.append(f"algorithm.gamma and algorithm.lam must be in [0, 1], got {a.gamma}, {a.lam}")
+    if not 0 < a.clip_ratio < 1:
+        e.append(f"algorithm.clip_ratio must be in (0, 1), got {a.clip_ratio}")
+    for key, low in (("dual_clip", 1.0), ("ratio_guard", 1.0), ("tis_cap", 0.0)):
+        value = getattr(a, key)
+        if value != 0 and not value > low:
+            e.append(f"algorithm.{key} must be > {low:g} (or 0 to disable), got {value}")
+    for key in ("kl_coef", "entropy_coef", "value_clip", "critic_warmup_updates"):
+        if getattr(a, key) < 0:
+            e.append(f"algorithm.{key} must be >= 0 (0 disables), got {getattr(a, key)}")
+    return e
+
+
+def _check_run(c: TrainConfig) -> list[str]:
+    o, e = c.optim, []
+    if o.micro_batch_size < 1 or o.minibatch_size % o.micro_batch_size:
+        e.append(f"optim.minibatch_size ({o.minibatch_size}) must be a multiple of "
+                 f"optim.micro_batch_size ({o.micro_batch_size})")
+    if o.epochs_per_update < 1:
+        e.append(f"optim.epochs_per_update must be >= 1, got {o.epochs_per_update}")
+    if o.lr <= 0 or o.critic_lr <= 0:
+        e.append("optim.lr and optim.critic_lr must be > 0")
+    if c.total_updates < 0:
+        e.append(f"total_updates must be >= 0, got {c.total_updates}")
+    if not c.distributed.timeout_s > 0:
+        e.append(f"distributed.timeout_s must be > 0, got {c.distributed.timeout_s}")
+    return e
 
 
 #: Keys of ``model.lora``: rank, scaling alpha, dropout, and the modules to adapt

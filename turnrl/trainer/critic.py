@@ -18,7 +18,7 @@ __all__ = ["ValueModel", "ValueHead", "gather_values"]
 class ValueHead(nn.Module):
     """``hidden [B, S, H] -> values [B, S]``: a linear layer, or an MLP with ``hidden_dim``."""
 
-    def __init__(self, hidden_size: int, *, hidden_dim: int | None = None, detach: bool = False):
+    def __init__(self, hidden_size: int, *, hidden_dim: int | None = None, detach: bool = False) -> None:
         super().__init__()
         self.detach = detach
         if hidden_dim:

@@ -140,6 +140,16 @@ class Distributed:
         device = self.accelerator.device
         return "cpu" if device.type == "cpu" else str(device)
 
+    def check_minibatch(self, minibatch_size: int, micro_batch_size: int) -> None:
+        """Raise :class:`ConfigError` unless every rank gets a sample of each minibatch
+        (``minibatch_size`` counts samples per optimizer step over all ranks)."""
+        if self.world_size > minibatch_size:
+            raise ConfigError(
+                f"optim.minibatch_size ({minibatch_size}) counts samples per optimizer step "
+                f"over all {self.world_size} processes, so it must be at least "
+                f"{self.world_size}; e.g. optim.minibatch_size="
+                f"{self.world_size * micro_batch_size}")
+
     def shard(self, n: int) -> range:
         """This rank's contiguous block of ``n`` items (all of them in one process)."""
         return shard_range(n, self.rank, self.world_size)

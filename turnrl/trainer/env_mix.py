@@ -3,50 +3,47 @@ entries are mixed in every rollout batch by sampling weight."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from turnrl.envs import registry
 from turnrl.envs.pool import EnvPool, make_pool
-from turnrl.envs.suites import get_suite
+from turnrl.envs.suites import SuiteEntry, get_suite
 from turnrl.errors import ConfigError
 from turnrl.rollout import collect, env_kwargs_for
+from turnrl.trainer.distributed import shard_range
 from turnrl.trajectory import Trajectory
 
-__all__ = ["EnvMix", "MixEntry"]
-
-
-@dataclass(frozen=True)
-class MixEntry:
-    name: str
-    env_id: str
-    kwargs: dict[str, Any]
-    train_seeds: tuple[int, ...]
-    eval_seeds: tuple[int, ...]
-    weight: float
+__all__ = ["EnvMix"]
 
 
 class EnvMix:
     """Environments of a run with their seeds and weights.
 
+    Every episode it plays carries its entry's name (``Trajectory.entry``).
+
     Args:
-        entries: the envs; weights need not sum to 1.
+        entries: the suite entries to play (an env id is a one-entry suite).
+        weights: sampling weight of each entry for training episodes (need not sum to 1;
+            default equal).
         seed: seeds the sampler of train seeds and env choices.
     """
 
-    def __init__(self, entries: list[MixEntry], seed: int = 0, *, env_pool: str = "local",
+    def __init__(self, entries: Sequence[SuiteEntry], seed: int = 0, *,
+                 weights: Sequence[float] | None = None, env_pool: str = "local",
                  envs_per_worker: int = 1, ray_address: str | None = None) -> None:
         if not entries:
             raise ConfigError("no environments to train on")
-        total = sum(e.weight for e in entries)
-        if total <= 0 or any(e.weight < 0 for e in entries):
-            raise ConfigError(f"env weights must be >= 0 with a positive sum, got "
-                              f"{[e.weight for e in entries]}")
-        self.entries = entries
-        self.probs = np.array([e.weight / total for e in entries])
+        weights = [1.0] * len(entries) if weights is None else [float(w) for w in weights]
+        total = sum(weights)
+        if len(weights) != len(entries) or total <= 0 or any(w < 0 for w in weights):
+            raise ConfigError(f"env weights must be one per entry, >= 0, with a positive sum; "
+                              f"got {weights} for {len(entries)} entries")
+        self.entries = list(entries)
+        self.probs = np.array([w / total for w in weights])
         self.rng = np.random.default_rng(seed)
         self.rank, self.world_size = 0, 1  # see shard()
         self.pool_settings = {"envs_per_worker": envs_per_worker, "ray_address": ray_address}
@@ -63,24 +60,18 @@ class EnvMix:
             if unknown:
                 raise ConfigError(f"env.weights names {unknown} are not entries of suite "
                                   f"{suite.name!r}; entries: {names}")
-            entries = [
-                MixEntry(e.name, e.env_id, dict(e.kwargs), e.train_seeds, e.eval_seeds,
-                         float(env_cfg.weights.get(e.name, 1.0)))
-                for e in suite.entries
-            ]
-        else:
-            registry.spec(env_cfg.id)  # unknown ids fail here, with suggestions
-            entries = [MixEntry(
-                env_cfg.id, env_cfg.id, dict(env_cfg.kwargs),
-                tuple(range(*env_cfg.train_seeds)), tuple(range(*env_cfg.eval_seeds)), 1.0,
-            )]
-        return cls(entries, seed, **pool)
+            return cls(suite.entries, seed, **pool,
+                       weights=[float(env_cfg.weights.get(n, 1.0)) for n in names])
+        registry.spec(env_cfg.id)  # unknown ids fail here, with suggestions
+        entry = SuiteEntry(env_cfg.id, dict(env_cfg.kwargs), range(*env_cfg.train_seeds),
+                           range(*env_cfg.eval_seeds))
+        return cls([entry], seed, **pool)
 
-    def make_env_fn(self, entry: MixEntry, agent: Any = None) -> Callable[[], Any]:
+    def make_env_fn(self, entry: SuiteEntry, agent: Any = None) -> Callable[[], Any]:
         kwargs = env_kwargs_for(agent, entry.env_id, entry.kwargs)
         return registry.factory(entry.env_id, **kwargs)
 
-    def envs_for(self, entry: MixEntry, agent: Any, num_envs: int) -> Callable[[], Any] | EnvPool:
+    def envs_for(self, entry: SuiteEntry, agent: Any, num_envs: int) -> Callable[[], Any] | EnvPool:
         """What :func:`collect` plays on: local envs are made per call; worker pools
         (subprocess, Ray) are started once per (entry, env kwargs) and kept for the run."""
         make = self.make_env_fn(entry, agent)
@@ -120,8 +111,6 @@ class EnvMix:
         self.rank, self.world_size = rank, world_size
 
     def _mine(self, items: list[Any]) -> list[Any]:
-        from turnrl.trainer.distributed import shard_range
-
         return [items[i] for i in shard_range(len(items), self.rank, self.world_size)]
 
     def sample_groups(self, n_groups: int) -> list[list[int]]:
@@ -137,49 +126,46 @@ class EnvMix:
             out[i].append(seed)
         return out
 
-    def merge(self, shards: list[list[tuple[str, Trajectory]]]) -> list[tuple[str, Trajectory]]:
+    def merge(self, shards: list[list[Trajectory]]) -> list[Trajectory]:
         """Join the episodes the ranks of a sharded run collected (one list per rank, in
         rank order) into the order and group numbers one process would have produced:
         entry by entry, each rank's block in turn, group indices offset past the groups
         of the ranks before."""
-        import dataclasses
-
         position = {e.name: i for i, e in enumerate(self.entries)}
         offset: dict[str, int] = {}
         merged = []
         for shard in shards:
             groups: dict[str, int] = {}
-            for name, traj in shard:
+            for traj in shard:
                 if traj.group is not None:
-                    groups[name] = max(groups.get(name, 0), traj.group + 1)
-                    traj = dataclasses.replace(traj, group=offset.get(name, 0) + traj.group)
-                merged.append((name, traj))
+                    groups[traj.entry] = max(groups.get(traj.entry, 0), traj.group + 1)
+                    traj = dataclasses.replace(traj, group=offset.get(traj.entry, 0) + traj.group)
+                merged.append(traj)
             for name, count in groups.items():
                 offset[name] = offset.get(name, 0) + count
-        merged.sort(key=lambda item: position[item[0]])  # stable: ranks' blocks stay in order
+        merged.sort(key=lambda traj: position[traj.entry])  # stable: ranks' blocks stay in order
         return merged
 
     def collect_train(self, agent: Any, *, episodes: int, group_size: int, **kwargs: Any
-                      ) -> list[tuple[str, Trajectory]]:
-        """Play ``episodes`` training episodes mixed over entries; (entry name, trajectory)."""
+                      ) -> list[Trajectory]:
+        """Play this rank's share of ``episodes`` training episodes mixed over entries
+        (keyword arguments go to :func:`~turnrl.rollout.collect`)."""
         result = []
         for entry, seeds in zip(self.entries, self.sample_groups(episodes // group_size), strict=True):
-            if not seeds:
-                continue
-            trajs = collect(self.envs_for(entry, agent, kwargs.get("num_envs", 8)), agent, seeds,
-                            env_id=entry.env_id, group_size=group_size, **kwargs)
-            result.extend((entry.name, t) for t in trajs)
+            if seeds:
+                result += self._play(entry, agent, seeds, group_size=group_size, **kwargs)
         return result
 
-    def collect_eval(self, agent: Any, *, episodes: int, **kwargs: Any) -> list[tuple[str, Trajectory]]:
-        """The first ``episodes`` eval seeds of every entry."""
+    def collect_eval(self, agent: Any, *, episodes: int, **kwargs: Any) -> list[Trajectory]:
+        """This rank's share of the first ``episodes`` eval seeds of every entry."""
         result = []
         for entry in self.entries:
-            seeds = self._mine(list(entry.eval_seeds[:episodes]))
-            trajs = collect(self.envs_for(entry, agent, kwargs.get("num_envs", 8)), agent, seeds,
-                            env_id=entry.env_id, **kwargs)
-            result.extend((entry.name, t) for t in trajs)
+            result += self._play(entry, agent, self._mine(list(entry.eval_seeds[:episodes])), **kwargs)
         return result
+
+    def _play(self, entry: SuiteEntry, agent: Any, seeds: list[int], **kwargs: Any) -> list[Trajectory]:
+        return collect(self.envs_for(entry, agent, kwargs.get("num_envs", 8)), agent, seeds,
+                       env_id=entry.env_id, entry=entry.name, **kwargs)
 
     def state(self) -> dict[str, Any]:
         return self.rng.bit_generator.state

@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from turnrl.trajectory import Trajectory
+import torch
 
-__all__ = ["MetricsLogger", "read_metrics", "plot_run", "PLOT_GROUPS"]
+from turnrl.trainer.advantages import spread_to_tokens
+from turnrl.trainer.estimators import TurnAdvantages
+from turnrl.trainer.learner import Scored
+from turnrl.trajectory import Sample, Trajectory
+from turnrl.viewer.audit import token_sources
+
+__all__ = ["MetricsLogger", "read_metrics", "plot_run", "PLOT_GROUPS", "token_records",
+           "update_metrics"]
 
 
 class MetricsLogger:
@@ -71,6 +78,62 @@ class MetricsLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def token_records(trajectories: Sequence[Trajectory], samples: Sequence[Sample], *,
+                  train_logprobs: Sequence[torch.Tensor], values: Sequence[torch.Tensor] | None,
+                  turn_advantages: torch.Tensor, tokenizer: Any, context: str,
+                  episodes: int) -> list[dict[str, Any]]:
+    """Token-level view of the samples of the first ``episodes`` episodes, for
+    ``tokens.jsonl`` and ``turnrl view``: ids and their text, where each token came from,
+    loss mask, turn, rollout and trainer logprobs, advantages, value reads.
+
+    Args:
+        train_logprobs: ``[S_i]`` per sample, the trainer's logprobs before the update.
+        values: ``[K_i]`` per sample, the critic's reads (None without a critic).
+        turn_advantages: ``[N, T]`` per-turn advantages of the batch.
+    """
+    keep = set(range(min(episodes, len(trajectories))))
+    records = []
+    for i, s in enumerate(samples):
+        if s.trajectory not in keep:
+            continue
+        traj = trajectories[s.trajectory]
+        adv = spread_to_tokens(turn_advantages[s.trajectory][None], torch.tensor([s.turn_index]))[0]
+        records.append({
+            "env": traj.entry or traj.env_id, "seed": traj.seed, "episode": s.trajectory,
+            "won": traj.won, "return": traj.total_return, "input_ids": s.input_ids,
+            "tokens": [tokenizer.decode([t]) for t in s.input_ids],
+            "sources": token_sources(traj, s, context),
+            "loss_mask": s.loss_mask, "turn_index": s.turn_index,
+            "rollout_logprobs": [round(x, 5) for x in s.rollout_logprobs],
+            "train_logprobs": [round(float(x), 5) for x in train_logprobs[i]],
+            "advantages": [round(float(x), 5) for x in adv],
+            "value_positions": s.value_positions, "value_turns": s.value_turns,
+            "values": [round(float(x), 5) for x in values[i]] if values is not None else None,
+        })
+    return records
+
+
+def update_metrics(samples: list[Sample], scored: Scored, adv: TurnAdvantages, t_rollout: float,
+                    t_update: float, *, epochs: int, with_values: bool) -> dict[str, float]:
+    """Advantage, value (``with_values``), rollout-vs-trainer logprob and throughput
+    metrics of one RL update; ``epochs`` passes over ``samples`` took ``t_update`` s."""
+    real = adv.turn_mask > 0
+    n_tokens = sum(sum(s.loss_mask) for s in samples)
+    out = {
+        "adv/mean": float(adv.advantages[real].mean()),
+        "adv/abs_mean": float(adv.advantages[real].abs().mean()),
+        "perf/rollout_s": t_rollout, "perf/update_s": t_update,
+        "perf/action_tokens": float(n_tokens),
+        "perf/train_tokens_per_s": sum(len(s) for s in samples) * epochs / max(t_update, 1e-9),
+        "perf/rollout_tokens_per_s": n_tokens / max(t_rollout, 1e-9),
+        "logprob/rollout_vs_train_mean_abs": scored.mismatch_mean,
+        "logprob/rollout_vs_train_max_abs": scored.mismatch_max,
+    }
+    if with_values:
+        out["value/mean"] = float(adv.values[:, :-1][real].mean())
+    return out
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

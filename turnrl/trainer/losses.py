@@ -18,14 +18,12 @@ from __future__ import annotations
 import torch
 
 from turnrl.trainer.advantages import masked_mean
+from turnrl.trainer.algorithms import KL_ESTIMATORS, LOSS_AGG_MODES
 
 __all__ = [
     "LOSS_AGG_MODES", "aggregate", "policy_loss", "value_loss", "entropy_from_logits",
     "kl_penalty", "nll_loss", "KL_ESTIMATORS",
 ]
-
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean")
-KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean", *,
