@@ -191,3 +191,77 @@ def test_ospo_by_hand():
     # without the std: centred rewards only
     plain = ospo_advantages(rewards, mask, groups, scale_by_std=False)
     assert plain[1, :2].tolist() == pytest.approx([1.0, -1.0])
+
+
+# ---------------------------------------------------------------- ties and no-signal batches
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tied_groups_get_exactly_zero(dtype):
+    from turnrl.trainer.advantages import ospo_advantages
+
+    # 8 equal returns of 123.4: float32's mean is an ulp off and its std ~1e-5, which eps
+    # 1e-6 does not absorb -- without tie detection each member got about -0.83
+    tied = torch.full((8,), 123.4, dtype=dtype)
+    assert grpo_advantages(tied, [0] * 8).abs().max().item() == 0.0
+    assert grpo_advantages(tied, [0] * 8, scale_by_std=False).abs().max().item() == 0.0
+    assert rloo_advantages(tied, [0] * 8).abs().max().item() == 0.0
+    # equal in exact arithmetic, reached by different reward sequences: 4 x -0.1 vs 2 x -0.2
+    # vs 0.1 + 0.2 - 0.7 (float32 sums differ by an ulp)
+    r = torch.tensor([[-0.1, -0.1, -0.1, -0.1], [-0.2, -0.2, 0.0, 0.0],
+                      [0.1, 0.2, -0.7, 0.0]], dtype=dtype).sum(dim=1)
+    assert grpo_advantages(r, [0, 0, 0]).abs().max().item() == 0.0
+    assert rloo_advantages(r, [0, 0, 0]).abs().max().item() == 0.0
+    rewards = torch.tensor([[0.5, 0.5], [0.5, 0.5]], dtype=dtype)
+    turn_groups = torch.tensor([[0, 0], [0, 0]])
+    assert ospo_advantages(rewards, torch.ones(2, 2), turn_groups).abs().max().item() == 0.0
+    # a tied group next to a real one: only the real one gets advantages
+    mixed = torch.tensor([2.0, 2.0, 1.0, 0.0], dtype=dtype)
+    adv = grpo_advantages(mixed, [0, 0, 1, 1])
+    assert adv[:2].tolist() == [0.0, 0.0] and adv[2].item() == pytest.approx(0.70711, abs=1e-4)
+
+
+def test_a_batch_without_signal_stays_zero_after_whitening():
+    from turnrl.trainer import estimators
+    from turnrl.trainer.turns import TurnBatch, whiten
+
+    # every group tied (all episodes 4 invalid replies at -0.1): advantages are exactly 0,
+    # and whitening them (normalize_advantages) must not turn float noise into +-1.3
+    rewards = torch.full((8, 4), -0.1)
+    mask = torch.ones(8, 4)
+    turns = TurnBatch(rewards=rewards, values=torch.zeros(8, 5), turn_mask=mask,
+                      terminated=torch.ones(8, dtype=torch.bool), groups=[0] * 4 + [1] * 4)
+    adv, _ = estimators.grpo(turns, gamma=1.0, group_std=True)
+    out = whiten(adv, mask, per_episode=True)
+    assert out.abs().max().item() == 0.0
+    # a constant batch is left alone, not divided by a std of ~0
+    noisy = torch.full((4, 1), 0.3) + torch.tensor([[0.0], [1e-8], [0.0], [-1e-8]])
+    assert torch.equal(whiten(noisy, torch.ones(4, 1), per_episode=False), noisy)
+
+
+def test_group_advantages_match_an_independent_implementation():
+    import math
+    import random
+
+    from turnrl.trainer.advantages import ospo_advantages
+
+    rng = random.Random(0)
+    for _ in range(50):
+        n_groups, size = rng.randint(1, 4), rng.randint(2, 6)
+        groups = [g for g in range(n_groups) for _ in range(size)]
+        returns = [round(rng.uniform(-2, 2), rng.choice([1, 3])) for _ in groups]
+        got_grpo = grpo_advantages(torch.tensor(returns), groups).tolist()
+        got_rloo = rloo_advantages(torch.tensor(returns), groups).tolist()
+        for g in range(n_groups):
+            members = [i for i, x in enumerate(groups) if x == g]
+            r = [returns[i] for i in members]
+            mean = sum(r) / len(r)
+            std = math.sqrt(sum((x - mean) ** 2 for x in r) / (len(r) - 1))
+            tied = max(r) == min(r)
+            for k, i in enumerate(members):
+                want_grpo = 0.0 if tied else (r[k] - mean) / (std + 1e-6)
+                want_rloo = 0.0 if tied else r[k] - (sum(r) - r[k]) / (len(r) - 1)
+                assert got_grpo[i] == pytest.approx(want_grpo, abs=1e-5)
+                assert got_rloo[i] == pytest.approx(want_rloo, abs=1e-5)
+        # ospo: the same statistics over turn groups
+        rewards = torch.tensor([returns])
+        adv = ospo_advantages(rewards, torch.ones_like(rewards), torch.tensor([groups]))
+        assert adv[0].tolist() == pytest.approx(got_grpo, abs=1e-6)

@@ -11,7 +11,7 @@ import torch
 
 __all__ = [
     "turn_gae", "episode_returns", "rloo_advantages", "grpo_advantages", "ospo_advantages",
-    "spread_to_tokens", "masked_mean",
+    "spread_to_tokens", "masked_mean", "TIE_TOLERANCE",
 ]
 
 
@@ -68,6 +68,26 @@ def episode_returns(rewards: torch.Tensor, turn_mask: torch.Tensor, gamma: float
     return (rewards * turn_mask.to(rewards.dtype) * discount).sum(dim=1)
 
 
+#: Returns (or rewards) of a group that differ by at most this, relative to the largest
+#: of them (at least 1), are one tie: the group carries no signal and gets advantage 0.
+#: Float32 sums of equal rewards in different orders differ by a few ulps (~1e-7).
+TIE_TOLERANCE = 1e-6
+
+
+def _tied(values: torch.Tensor) -> bool:
+    spread = float(values.max() - values.min())
+    return spread <= TIE_TOLERANCE * max(1.0, float(values.abs().max()))
+
+
+def _relative(values: torch.Tensor, *, scale_by_std: bool, eps: float) -> torch.Tensor:
+    """``(x - mean) / (std + eps)`` (or only centred) in float64; exactly 0 for a tie."""
+    if _tied(values):
+        return torch.zeros_like(values)
+    x = values.double()
+    centred = x - x.mean()
+    return (centred / (x.std() + eps) if scale_by_std else centred).to(values.dtype)
+
+
 def _group_members(groups: list[int] | torch.Tensor, n: int, need: int) -> list[torch.Tensor]:
     ids = torch.as_tensor(groups)
     if ids.shape != (n,):
@@ -86,6 +106,7 @@ def rloo_advantages(returns: torch.Tensor, groups: list[int] | torch.Tensor) -> 
 
     One number per episode: its return against the mean of the other episodes of its
     group (same env and seed). Every episode counts once, however many turns it has.
+    Computed in float64; a group whose returns tie (:data:`TIE_TOLERANCE`) gets exactly 0.
 
     Args:
         returns: ``[B]`` episode returns.
@@ -97,7 +118,9 @@ def rloo_advantages(returns: torch.Tensor, groups: list[int] | torch.Tensor) -> 
     out = torch.zeros_like(returns)
     for idx in _group_members(groups, returns.shape[0], need=2):
         r = returns[idx]
-        out[idx] = r - (r.sum() - r) / (len(idx) - 1)
+        if not _tied(r):
+            x = r.double()
+            out[idx] = (x - (x.sum() - x) / (len(idx) - 1)).to(returns.dtype)
     return out
 
 
@@ -109,7 +132,8 @@ def grpo_advantages(
 
     ``std_g`` is the sample standard deviation (n - 1) of the group's returns; with
     ``scale_by_std=False`` only the mean is subtracted (Dr. GRPO), so groups whose
-    returns barely differ are not blown up. A group with equal returns gets zeros.
+    returns barely differ are not blown up. Statistics are taken in float64, and a group
+    whose returns tie (equal up to :data:`TIE_TOLERANCE`) gets exactly 0.
 
     Args:
         returns: ``[B]`` episode returns.
@@ -120,9 +144,7 @@ def grpo_advantages(
     """
     out = torch.zeros_like(returns)
     for idx in _group_members(groups, returns.shape[0], need=2):
-        r = returns[idx]
-        centred = r - r.mean()
-        out[idx] = centred / (r.std() + eps) if scale_by_std else centred
+        out[idx] = _relative(returns[idx], scale_by_std=scale_by_std, eps=eps)
     return out
 
 
@@ -136,7 +158,8 @@ def ospo_advantages(
     A group is a set of decisions taken in the same situation by different agents, e.g.
     the drivers deciding in one dispatch round of one episode. Unlike GRPO, nothing is
     replayed (no G rollouts of one seed) and no return is summed: the reward of the
-    decision itself is compared with its peers'. A group of one gets 0.
+    decision itself is compared with its peers'. A group of one, or one whose rewards tie
+    (:data:`TIE_TOLERANCE`), gets 0; statistics are taken in float64.
 
     Args:
         rewards: ``[B, T]`` turn rewards.
@@ -154,8 +177,7 @@ def ospo_advantages(
         r = rewards[members]
         if r.numel() < 2:
             continue
-        centred = r - r.mean()
-        out[members] = centred / (r.std() + eps) if scale_by_std else centred
+        out[members] = _relative(r, scale_by_std=scale_by_std, eps=eps)
     return out
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from turnrl.errors import ConfigError
-from turnrl.trainer.advantages import spread_to_tokens
+from turnrl.trainer.advantages import TIE_TOLERANCE, spread_to_tokens
 from turnrl.trainer.losses import kl_penalty
 from turnrl.trajectory import Sample, Trajectory
 
@@ -139,10 +139,15 @@ def turn_kl(samples: Sequence[Sample], logprobs: Sequence[torch.Tensor],
 def whiten(adv: torch.Tensor, turn_mask: torch.Tensor, *, per_episode: bool) -> torch.Tensor:
     """Normalise ``[N, T]`` advantages to mean 0, std 1 over the batch: over real turns, or
     over episodes when each episode has one advantage (then long episodes do not weigh
-    more). Padding is left as it is; fewer than 2 values are returned unchanged."""
+    more). Padding is left as it is. A batch without variance (fewer than 2 values, or
+    values equal up to :data:`~turnrl.trainer.advantages.TIE_TOLERANCE`) is returned
+    unchanged: dividing float noise by a std of ~0 would invent a signal."""
     real = turn_mask > 0
     values = adv[:, 0][real[:, 0]] if per_episode else adv[real]
     if values.numel() < 2:
+        return adv
+    spread = float(values.max() - values.min())
+    if spread <= TIE_TOLERANCE * max(1.0, float(values.abs().max())):
         return adv
     out = (adv - values.mean()) / (values.std() + 1e-8)
     return torch.where(real, out, adv)
