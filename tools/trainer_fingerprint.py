@@ -162,7 +162,7 @@ def _diff(a: Any, b: Any, where: str, out: list[str], limit: int = 40) -> None:
     elif isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             out.append(f"{where}: length {len(a)} != {len(b)}")
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):  # lengths reported above
             _diff(x, y, f"{where}[{i}]", out, limit)
     elif a != b and not (a != a and b != b):  # NaN equals NaN here
         out.append(f"{where}: {a!r} != {b!r}")

@@ -39,6 +39,11 @@ class UnsupportedSettingsError(ConfigError):
     generates more rooms than TextWorld 1.7 supports)."""
 
 
+class CheckpointError(TurnRLError, RuntimeError):
+    """A run directory's checkpoint that cannot be read (truncated, corrupt, incomplete),
+    or a run directory another trainer is using."""
+
+
 class GameGenerationError(TurnRLError, RuntimeError):
     """A game could not be generated, even after the deterministic retries."""
 

@@ -25,10 +25,10 @@ pytest.importorskip("accelerate")
 from toy_envs import GuessNumber  # noqa: E402
 
 import turnrl  # noqa: E402
+from turnrl.envs.suites import SuiteEntry  # noqa: E402
 from turnrl.errors import ConfigError  # noqa: E402
 from turnrl.trainer import Trainer, load_config  # noqa: E402
 from turnrl.trainer.distributed import Distributed, shard_range  # noqa: E402
-from turnrl.envs.suites import SuiteEntry  # noqa: E402
 from turnrl.trainer.env_mix import EnvMix  # noqa: E402
 from turnrl.trajectory import Trajectory  # noqa: E402
 

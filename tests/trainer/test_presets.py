@@ -232,6 +232,7 @@ def test_lora_resume_gives_the_same_next_update(tmp_path, tiny_guess_model):
     first = Trainer(config(tmp_path / "b", tiny_guess_model, *extra))
     first.rl_update(); first.update += 1  # noqa: E702
     first.save()
+    first.close()
     resumed = Trainer(config(tmp_path / "b", tiny_guess_model, *extra), resume=True)
     got = resumed.rl_update()
     for key in ("rollout/return", "policy_loss", "kl_ref", "grad_norm"):
@@ -243,6 +244,7 @@ def test_resumed_run_keeps_its_kl_reference(tmp_path, tiny_guess_model):
                              "algorithm.kl_coef=0.1", "total_updates=1"))
     trainer.train_rl()  # builds the reference (saved to run_dir/reference), one update
     trainer.save()
+    trainer.close()
     reference = _params_all(trainer.ref_model)
     resumed = Trainer(config(tmp_path, tiny_guess_model, "algorithm.name=rloo",
                              "algorithm.kl_coef=0.1", "total_updates=2"), resume=True)

@@ -72,6 +72,7 @@ def test_resume_gives_the_same_next_update(tmp_path, tiny_guess_model):
     first = Trainer(config(tmp_path / "b", tiny_guess_model))
     first.rl_update(); first.update += 1  # noqa: E702
     first.save()
+    first.close()  # frees the run directory for the resumed trainer
     resumed = Trainer(config(tmp_path / "b", tiny_guess_model), resume=True)
     assert resumed.update == 1
     got = resumed.rl_update()
@@ -138,3 +139,63 @@ def test_train_and_plot_cli(tmp_path, tiny_guess_model):
     assert main(["train", "--resume", str(run), "total_updates=3"]) == 0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in rows if r["phase"] == "train") == 2
+
+
+# ---------------------------------------------------------------- resume and run directories
+def _rows(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_does_not_log_replayed_updates_twice(tmp_path, tiny_guess_model):
+    first = Trainer(config(tmp_path, tiny_guess_model))
+    first.rl_update(); first.update += 1  # noqa: E702
+    first.save()  # checkpoint after update 0
+    first.rl_update()  # update 1 is logged, then the run "dies" before its checkpoint
+    first.close()
+    assert [r["step"] for r in _rows(tmp_path / "run") if r["phase"] == "train"] == [0, 1]
+    resumed = Trainer(config(tmp_path, tiny_guess_model), resume=True)
+    resumed.rl_update()  # update 1 again
+    steps = [r["step"] for r in _rows(tmp_path / "run") if r["phase"] == "train"]
+    assert steps == [0, 1]
+    episodes = [json.loads(x)["step"] for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert episodes.count(1) == resumed.cfg.log_episodes  # the replayed update's, once
+
+
+def _checkpointed_run(tmp_path, model):
+    trainer = Trainer(config(tmp_path, model))
+    trainer.rl_update(); trainer.update += 1  # noqa: E702
+    path = trainer.save()
+    trainer.close()
+    return path
+
+
+@pytest.mark.parametrize("damage", ["state", "weights", "missing_state"])
+def test_a_damaged_checkpoint_is_a_one_line_error_naming_the_file(tmp_path, tiny_guess_model,
+                                                                   damage, capsys):
+    from turnrl.cli import main
+
+    path = _checkpointed_run(tmp_path, tiny_guess_model)
+    if damage == "state":
+        (path / "state.pt").write_bytes((path / "state.pt").read_bytes()[:200])
+        named = path / "state.pt"
+    elif damage == "weights":
+        (path / "model" / "model.safetensors").write_bytes(b"not a safetensors file")
+        named = path / "model"
+    else:
+        (path / "state.pt").unlink()
+        named = path / "state.pt"
+    assert main(["train", "--resume", str(tmp_path / "run"), "progress=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("turnrl: error:") and str(named) in err[0], err
+    if damage == "missing_state":  # never a silent fall back to an older checkpoint
+        assert "incomplete" in err[0]
+
+
+def test_a_second_trainer_on_a_busy_run_dir_is_refused(tmp_path, tiny_guess_model):
+    from turnrl.errors import CheckpointError
+
+    first = Trainer(config(tmp_path, tiny_guess_model))
+    with pytest.raises(CheckpointError, match=r"in use by another trainer \(pid \d+\)"):
+        Trainer(config(tmp_path, tiny_guess_model))
+    first.close()
+    Trainer(config(tmp_path, tiny_guess_model)).close()  # free again

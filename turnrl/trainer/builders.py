@@ -16,24 +16,26 @@ from turnrl.agents.tiny import make_tiny_model
 from turnrl.envs.suites import SuiteEntry
 from turnrl.trainer.corpus import env_text_corpus
 from turnrl.trainer.critic import ValueHead, ValueModel
+from turnrl.trainer.logging import phase
 
 __all__ = ["build_tiny_model", "with_lora", "build_critic", "frozen_copy", "build_engine"]
 
 
 def build_tiny_model(path: Path, entries: Sequence[SuiteEntry], spec: dict[str, Any], *,
-                     seed: int) -> Path:
+                     seed: int, progress: bool = False) -> Path:
     """Build (once) a tiny model at ``path`` whose tokenizer is trained on the text of
     the entries' envs; ``spec`` is ``model.tiny`` (``corpus_seeds``: train seeds per entry
     whose episodes give the text; the rest goes to
-    :func:`~turnrl.agents.tiny.make_tiny_model`)."""
+    :func:`~turnrl.agents.tiny.make_tiny_model`). ``progress`` says so on stderr."""
     if (path / "config.json").exists():
         return path
     spec = dict(spec)
     seeds = spec.pop("corpus_seeds", 20)
     texts: list[str] = []
-    for entry in entries:
-        texts += env_text_corpus(entry.env_id, entry.train_seeds[:seeds], **entry.kwargs)
-    return make_tiny_model(path, texts, seed=seed, **spec)
+    with phase("building the tiny model (tokenizer trained on env text)", enabled=progress):
+        for entry in entries:
+            texts += env_text_corpus(entry.env_id, entry.train_seeds[:seeds], **entry.kwargs)
+        return make_tiny_model(path, texts, seed=seed, **spec)
 
 
 def with_lora(model: Any, spec: dict[str, Any]) -> Any:

@@ -1,9 +1,17 @@
 """Checkpoints: model, critic, optimizers, every RNG and the step -- enough to resume a
-run exactly where it stopped."""
+run exactly where it stopped -- and the lock that keeps one trainer per run directory.
+
+A checkpoint is written to a temporary directory and renamed into place, so a
+``checkpoints/step_NNNNNN`` directory is complete or absent. One that is damaged anyway
+(files truncated or deleted by hand, a full disk) is reported with a
+:class:`~turnrl.errors.CheckpointError` naming the file, never skipped silently.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -12,8 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from turnrl.errors import CheckpointError
+
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "load_weights", "rng_state",
-           "set_rng_state"]
+           "set_rng_state", "restore_sampler_rng", "RunLock"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -31,6 +41,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore_sampler_rng(generator: torch.Generator, state: dict[str, Any], *, rank: int,
+                        world_size: int, seed: int) -> None:
+    """Give a rank's sampling generator its state from a checkpoint: its own when the run
+    resumes on as many processes; otherwise rank 0 goes on and the others restart from
+    ``seed`` + the step."""
+    rngs = state.get("policy_rng_ranks") or [state["policy_rng"]]
+    if len(rngs) == world_size:
+        generator.set_state(rngs[rank])
+        return
+    generator.set_state(state["policy_rng"])
+    if rank:
+        generator.manual_seed(seed + int(state["update"]))
 
 
 def save_checkpoint(
@@ -58,27 +82,96 @@ def save_checkpoint(
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest ``checkpoints/step_*`` directory, or None when there is none.
+
+    Raises:
+        CheckpointError: the newest one is incomplete (its ``state.pt`` is missing):
+            resuming from an older one instead would silently lose updates.
+    """
     root = Path(run_dir) / "checkpoints"
-    found = sorted(p for p in root.glob("step_*") if (p / "state.pt").exists())
-    return found[-1] if found else None
+    found = sorted(p for p in root.glob("step_*") if p.is_dir())
+    if not found:
+        return None
+    if not (found[-1] / "state.pt").exists():
+        older = [p.name for p in found[:-1] if (p / "state.pt").exists()]
+        hint = f"; delete it to resume from {older[-1]}" if older else ""
+        raise CheckpointError(f"checkpoint {found[-1]} is incomplete: {found[-1] / 'state.pt'} "
+                              f"is missing{hint}")
+    return found[-1]
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The ``state.pt`` dict of a checkpoint directory (RNG restored by the caller)."""
-    return torch.load(Path(path) / "state.pt", weights_only=False)
+    """The ``state.pt`` dict of a checkpoint directory (RNG restored by the caller).
+
+    Raises:
+        CheckpointError: the file is missing, truncated or not a checkpoint.
+    """
+    file = Path(path) / "state.pt"
+    try:
+        state = torch.load(file, weights_only=False)
+    except Exception as exc:  # torch raises many kinds for a damaged file
+        raise CheckpointError(f"cannot read checkpoint {file}: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    if not isinstance(state, dict) or "update" not in state or "rng" not in state:
+        raise CheckpointError(f"{file} is not a turnrl checkpoint (no 'update'/'rng' entries)")
+    return state
 
 
 def load_weights(model: Any, model_dir: str | Path, *, adapters: bool = False) -> None:
     """Load a saved model directory's weights into ``model`` in place: the whole model, or
-    (``adapters``) only the LoRA adapters of a peft model (``adapter_model.safetensors``)."""
+    (``adapters``) only the LoRA adapters of a peft model (``adapter_model.safetensors``).
+
+    Raises:
+        CheckpointError: the weights are missing, truncated or do not fit ``model``.
+    """
     model_dir = Path(model_dir)
-    if adapters:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
+    try:
+        if adapters:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
 
-        set_peft_model_state_dict(model, load_file(model_dir / "adapter_model.safetensors"))
-        return
-    from transformers import AutoModelForCausalLM
+            set_peft_model_state_dict(model, load_file(model_dir / "adapter_model.safetensors"))
+            return
+        from transformers import AutoModelForCausalLM
 
-    loaded = AutoModelForCausalLM.from_pretrained(model_dir, dtype=model.dtype)
-    model.load_state_dict(loaded.state_dict())
+        loaded = AutoModelForCausalLM.from_pretrained(model_dir, dtype=model.dtype)
+        model.load_state_dict(loaded.state_dict())
+    except Exception as exc:  # safetensors, transformers and torch raise many kinds
+        raise CheckpointError(f"cannot load the weights in {model_dir}: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``run_dir/.lock``) for as long as a trainer
+    uses it; a second trainer on the same directory is refused. The operating system drops
+    the lock when the process ends, however it ends, so a killed run leaves no stale lock.
+
+    Raises:
+        CheckpointError: another process (or another trainer in this one) holds it.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            self._fd = None
+            raise CheckpointError(
+                f"{self.path.parent} is in use by another trainer (pid {holder}); wait for it "
+                "to finish or pick another run_dir") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        """Give the directory back (idempotent)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.release()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from turnrl.trainer.advantages import spread_to_tokens
 from turnrl.trainer.estimators import TurnAdvantages
@@ -18,7 +21,7 @@ from turnrl.trajectory import Sample, Trajectory
 from turnrl.viewer.audit import token_sources
 
 __all__ = ["MetricsLogger", "read_metrics", "plot_run", "PLOT_GROUPS", "token_records",
-           "update_metrics"]
+           "update_metrics", "phase", "episode_bar"]
 
 
 class MetricsLogger:
@@ -75,9 +78,49 @@ class MetricsLogger:
             for record in records:
                 f.write(json.dumps({"step": step, "phase": phase, **record}, ensure_ascii=False) + "\n")
 
+    def offsets(self) -> dict[str, int]:
+        """Size of each log file now (saved with a checkpoint; see :meth:`truncate`)."""
+        return {name: (self.run_dir / name).stat().st_size for name in _LOG_FILES
+                if (self.run_dir / name).exists()}
+
+    def truncate(self, offsets: dict[str, int] | None) -> None:
+        """Cut each log file back to its size at a checkpoint: a resumed run replays what
+        came after, so its rows must not be there twice."""
+        if not self.enabled or offsets is None:
+            return
+        for name in _LOG_FILES:
+            path = self.run_dir / name
+            if path.exists():
+                size = offsets.get(name, 0)
+                if path.stat().st_size > size:
+                    with open(path, "r+b") as f:
+                        f.truncate(size)
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
+
+
+#: The files a resumed run cuts back to their size at its checkpoint.
+_LOG_FILES = ("metrics.jsonl", "samples.jsonl", "tokens.jsonl")
+
+
+@contextlib.contextmanager
+def phase(label: str, *, enabled: bool = True) -> Iterator[None]:
+    """Say on stderr that a phase which may take a while starts, and how long it took."""
+    start = time.time()
+    if enabled:
+        print(f"{label} ...", file=sys.stderr, flush=True)
+    yield
+    if enabled:
+        print(f"{label}: done in {time.time() - start:.1f} s", file=sys.stderr, flush=True)
+
+
+def episode_bar(total: int, desc: str, *, enabled: bool = True) -> Any:
+    """A progress bar counting finished episodes (pass ``bar.update`` via
+    ``on_episode_end``); close it when the phase ends."""
+    return tqdm(total=total, desc=desc, unit="ep", disable=not enabled, leave=False)
 
 
 def token_records(trajectories: Sequence[Trajectory], samples: Sequence[Sample], *,

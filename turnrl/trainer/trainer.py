@@ -1,20 +1,14 @@
 """The training recipe: build the parts from a config, then run them in order.
 
     rollout -> score (old logprobs, values, reference logprobs) -> turn advantages ->
-    K epochs of minibatch updates -> sync the rollout engine -> evaluate -> checkpoint ->
-    (at the end) export the model
+    K epochs of minibatch updates -> sync the rollout engine -> evaluate -> checkpoint
 
-Each step is a call into a component: the env mix plays episodes
-(:class:`~turnrl.trainer.env_mix.EnvMix`), the learner scores and updates
-(:class:`~turnrl.trainer.learner.Learner`), the algorithm's row of the table
-(:mod:`turnrl.trainer.algorithms`) computes advantages
-(:func:`~turnrl.trainer.estimators.compute_advantages`), the builders
-(:mod:`turnrl.trainer.builders`) make the models. The math lives in
-:mod:`turnrl.trainer.advantages` and :mod:`turnrl.trainer.losses`.
-
-The KL reference is the policy RL starts from (after any SFT warm start). Without LoRA
-it is a frozen copy, saved once to ``run_dir/reference`` so a resumed run keeps it; with
-LoRA it is the base model with the adapters switched off, so memory holds one base.
+Each step is a call into a component: :class:`~turnrl.trainer.env_mix.EnvMix` plays
+episodes, :class:`~turnrl.trainer.learner.Learner` scores and updates, the algorithm's
+row (:mod:`~turnrl.trainer.algorithms`) gives the advantage estimator, and
+:mod:`~turnrl.trainer.builders` makes the models. The KL reference is the policy RL
+starts from (after any SFT): a frozen copy saved to ``run_dir/reference``, or with LoRA
+the base model with its adapters switched off.
 """
 
 from __future__ import annotations
@@ -37,9 +31,11 @@ from turnrl.errors import ConfigError
 from turnrl.evaluate import episode_metrics
 from turnrl.trainer import algorithms, builders
 from turnrl.trainer.checkpoint import (
+    RunLock,
     latest_checkpoint,
     load_checkpoint,
     load_weights,
+    restore_sampler_rng,
     save_checkpoint,
     set_rng_state,
 )
@@ -48,7 +44,13 @@ from turnrl.trainer.distributed import Distributed
 from turnrl.trainer.env_mix import EnvMix
 from turnrl.trainer.estimators import TurnAdvantages, compute_advantages
 from turnrl.trainer.learner import BatchSettings, Learner, LossSettings, Scored
-from turnrl.trainer.logging import MetricsLogger, token_records, update_metrics
+from turnrl.trainer.logging import (
+    MetricsLogger,
+    episode_bar,
+    phase,
+    token_records,
+    update_metrics,
+)
 from turnrl.trainer.sft import ExpertTokens
 from turnrl.trajectory import Sample, Trajectory, build_samples
 
@@ -73,6 +75,7 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         # One process, or one rank of several started by `accelerate launch` / torchrun.
         self.dist = Distributed.from_config(cfg.distributed, device=m.device)
+        self._progress = cfg.progress and self.dist.is_main  # progress bars on rank 0 only
         self._check_run_dir(resume)
         _seed_everything(cfg.seed)
         self.logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main)  # rank 0 writes
@@ -82,9 +85,11 @@ class Trainer:
                                        envs_per_worker=r.envs_per_worker, ray_address=cfg.ray.address)
         self.envs.shard(self.dist.rank, self.dist.world_size)  # each rank plays its share
         with self.dist.local_main_first():  # one rank per machine writes, the others then read
-            self.envs.prepare(cfg.eval.episodes)  # e.g. generate TextWorld games in parallel
+            with phase("preparing episodes (e.g. generating games)", enabled=self._progress):
+                self.envs.prepare(cfg.eval.episodes)  # e.g. TextWorld games, in parallel
             model_path = m.name_or_path or str(builders.build_tiny_model(
-                self.run_dir / "base_model", self.envs.entries, m.tiny or {}, seed=cfg.seed))
+                self.run_dir / "base_model", self.envs.entries, m.tiny or {}, seed=cfg.seed,
+                progress=self._progress))
         if resume and m.lora and (self.run_dir / "sft_model" / "config.json").exists():
             model_path = str(self.run_dir / "sft_model")  # LoRA base after the SFT merge
         self.algorithm = algorithms.get(cfg.algorithm.name)
@@ -119,6 +124,8 @@ class Trainer:
             raise ConfigError(f"{self.run_dir} already holds a run; resume it with "
                               f"`turnrl train --resume {self.run_dir}` or pick a new run_dir")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # one trainer per run directory (rank 0 holds the lock for the run)
+        self._lock = RunLock(self.run_dir) if self.dist.is_main else None
 
     def _build_learner(self, model: Any, model_path: str) -> Learner:
         a, o, kind = self.cfg.algorithm, self.cfg.optim, self.cfg.model.critic
@@ -173,16 +180,22 @@ class Trainer:
             if self.algorithm.trains_rl:
                 self.train_rl()
                 results["after_rl"] = self.evaluate("after_rl")
+            self.save()
+            if self.dist.is_main:
+                (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
+            self.export()
         finally:
-            self.envs.close()  # env worker processes / actors
-            if self.engine is not None:
-                self.engine.close()
-        self.save()
-        if self.dist.is_main:
-            (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
-        self.export()
-        self.logger.close()
+            self.close()
         return results
+
+    def close(self) -> None:
+        """Stop env workers and engine actors, close the logs, free the run directory."""
+        self.envs.close()
+        if self.engine is not None:
+            self.engine.close()
+        self.logger.close()
+        if self._lock is not None:
+            self._lock.release()
 
     def train_rl(self) -> None:
         """RL updates until ``total_updates``, evaluating and checkpointing as configured."""
@@ -283,19 +296,16 @@ class Trainer:
         """Give the rollout engine the trainer's weights; seconds taken (0 for hf)."""
         return self.engine.sync_weights(self.model) if self.engine is not None else 0.0
 
-    @property
-    def _progress(self) -> bool:
-        """Show progress bars: when configured, and on rank 0 only."""
-        return self.cfg.progress and self.dist.is_main
-
     # ================================================================ SFT
     def train_sft(self) -> dict[str, float]:
         """Masked NLL on expert episodes gathered from ``info["expert_action"]`` (each rank
         plays its share of them; each rank trains on its part of every batch)."""
         s, r = self.cfg.sft, self.cfg.rollout
-        trajs = self.envs.collect_train(ExpertTokens(self.policy.renderer), episodes=s.episodes,
-                                        group_size=1, num_envs=r.num_envs, context=r.context,
-                                        max_context_tokens=r.max_context_tokens)
+        with episode_bar(s.episodes, "sft data", enabled=self._progress) as bar:
+            trajs = self.envs.collect_train(
+                ExpertTokens(self.policy.renderer), episodes=s.episodes, group_size=1,
+                num_envs=r.num_envs, context=r.context, max_context_tokens=r.max_context_tokens,
+                on_episode_end=lambda _: bar.update())
         samples = build_samples(self._gather(trajs), r.context)
         optimizer = self.dist.prepare_optimizer(torch.optim.AdamW(self.model.parameters(), lr=s.lr))
         rng = np.random.default_rng(self.cfg.seed)
@@ -332,10 +342,12 @@ class Trainer:
         """Play the first ``eval.episodes`` eval seeds of every env; log and return the
         ``eval/...`` metrics."""
         e, r = self.cfg.eval, self.cfg.rollout
-        trajs = self._gather(self.envs.collect_eval(
-            self.sampler, episodes=e.episodes, num_envs=r.num_envs, context=r.context,
-            max_context_tokens=r.max_context_tokens, step_workers=r.step_workers, mode=r.mode,
-            greedy=e.greedy))
+        total = sum(len(x.eval_seeds[: e.episodes]) for x in self.envs.entries)
+        with episode_bar(total, f"eval {label}", enabled=self._progress) as bar:
+            trajs = self._gather(self.envs.collect_eval(
+                self.sampler, episodes=e.episodes, num_envs=r.num_envs, context=r.context,
+                max_context_tokens=r.max_context_tokens, step_workers=r.step_workers,
+                mode=r.mode, greedy=e.greedy, on_episode_end=lambda _: bar.update()))
         metrics = episode_metrics(trajs, "eval")
         self.logger.log(self.update, metrics, phase=f"eval:{label}")
         self.logger.log_episodes(self.update, trajs[: self.cfg.log_episodes], phase=f"eval:{label}")
@@ -348,7 +360,7 @@ class Trainer:
         policy_rngs = self.dist.gather(self.policy.generator.get_state())
         extra = {"update": self.update, **self.learner.state_dict(), "env_rng": self.envs.state(),
                  "policy_rng": policy_rngs[0], "policy_rng_ranks": policy_rngs,
-                 "phase_done": self.phase_done}
+                 "phase_done": self.phase_done, "log_offsets": self.logger.offsets()}
         path = (save_checkpoint(self.run_dir, self.update, model=self.model,
                                 tokenizer=self.tokenizer, extra=extra) if self.dist.is_main else None)
         return self.dist.gather(path)[0]  # rank 0's path, once it is written
@@ -358,27 +370,18 @@ class Trainer:
         if path is None:
             raise ConfigError(f"no checkpoint under {self.run_dir}/checkpoints to resume from")
         state = load_checkpoint(path)
-        self._load_weights(path / "model")
+        load_weights(self.model, path / "model", adapters=self.lora)
+        if self.ref_model is not None and (self.run_dir / "reference" / "config.json").exists():
+            load_weights(self.ref_model, self.run_dir / "reference")  # saved as RL started
         self.learner.load_state_dict(state)
         self.envs.set_state(state["env_rng"])
-        rngs = state.get("policy_rng_ranks") or [state["policy_rng"]]
-        if len(rngs) == self.dist.world_size:
-            self.policy.generator.set_state(rngs[self.dist.rank])
-        else:  # resumed on another number of processes: rank 0 goes on, the others restart
-            self.policy.generator.set_state(state["policy_rng"])
-            if self.dist.rank:
-                self.policy.generator.manual_seed(self.dist.seed(self.cfg.seed) + int(state["update"]))
+        restore_sampler_rng(self.policy.generator, state, rank=self.dist.rank,
+                            world_size=self.dist.world_size, seed=self.dist.seed(self.cfg.seed))
         set_rng_state(state["rng"])
+        self.logger.truncate(state.get("log_offsets"))  # rows after the checkpoint are replayed
         self.update = int(state["update"])
         self.phase_done = state.get("phase_done", {})
         self._sync_engine()
-
-    def _load_weights(self, model_dir: Path) -> None:
-        """The checkpoint's policy weights (LoRA: its adapters), and the KL reference saved
-        when RL started."""
-        load_weights(self.model, model_dir, adapters=self.lora)
-        if self.ref_model is not None and (self.run_dir / "reference" / "config.json").exists():
-            load_weights(self.ref_model, self.run_dir / "reference")
 
     def export(self, path: str | Path | None = None) -> Path:
         """Save the trained policy as a plain Hugging Face model (default
