@@ -301,12 +301,26 @@ def _check_model(c: TrainConfig) -> list[str]:
         if m.critic not in allowed:
             e.append(f"model.critic {m.critic!r} does not go with algorithm {c.algorithm.name}: "
                      f"use {' or '.join(map(repr, allowed))} (or leave it null)")
+    if m.tiny is not None:
+        e += _check_tiny(m.tiny)
     if m.lora is not None:
         unknown = sorted(set(m.lora) - set(LORA_KEYS))
         if unknown:
             e.append(f"model.lora has unknown keys {unknown}; valid keys: {', '.join(LORA_KEYS)}")
         if not isinstance(m.lora.get("r", 8), int) or m.lora.get("r", 8) < 1:
             e.append(f"model.lora.r must be an integer >= 1, got {m.lora.get('r')!r}")
+    return e
+
+
+def _check_tiny(tiny: dict[str, Any]) -> list[str]:
+    """``model.tiny``: known keys, integers in range (checked here, not minutes later when
+    the model is built)."""
+    unknown = sorted(set(tiny) - set(TINY_KEYS))
+    e = [f"model.tiny has unknown keys {unknown}; valid keys: {', '.join(TINY_KEYS)}"] if unknown else []
+    for key, (low, why) in TINY_KEYS.items():
+        value = tiny.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            e.append(f"model.tiny.{key} must be an integer >= {low}{why}, got {value!r}")
     return e
 
 
@@ -403,6 +417,18 @@ def _check_run(c: TrainConfig) -> list[str]:
     return e
 
 
+#: Keys of ``model.tiny`` with their least value (and why): the tiny model's size, the
+#: tokenizer's vocabulary (printable ASCII and the special tokens need 105), and the train
+#: seeds per env whose episodes give the tokenizer's text.
+TINY_KEYS: dict[str, tuple[int, str]] = {
+    "hidden_size": (64, " (attention heads are 64 wide; vLLM's CPU attention needs that)"),
+    "num_layers": (1, ""),
+    "vocab_size": (105, " (printable ASCII plus 5 special tokens)"),
+    "intermediate_size": (1, ""),
+    "max_positions": (16, ""),
+    "corpus_seeds": (1, ""),
+}
+
 #: Keys of ``model.lora``: rank, scaling alpha, dropout, and the modules to adapt
 #: ("all-linear" or a list of module names); peft's ``r``, ``lora_alpha``,
 #: ``lora_dropout``, ``target_modules``.
@@ -410,6 +436,9 @@ LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str, errors: list[str]) -> Any:
+    """Keyword arguments for ``cls`` from ``data``; unknown keys and values of the wrong
+    type are reported in ``errors`` and left out (so the defaults stand in for them and the
+    remaining settings can still be checked)."""
     names = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -425,39 +454,46 @@ def _build(cls: type, data: dict[str, Any], prefix: str, errors: list[str]) -> A
                 continue
             kwargs[key] = _build(sub, value, f"{prefix}{key}.", errors)
         else:
-            kwargs[key] = _coerce(value, hints.get(key), f"{prefix}{key}", errors)
+            value = _coerce(value, hints.get(key), f"{prefix}{key}", errors)
+            if value is not _BAD:
+                kwargs[key] = value
     if cls is TrainConfig:
         return kwargs
     return cls(**kwargs)
 
 
+_BAD = object()  # a value of the wrong type (reported; the field keeps its default)
+
+
 def _coerce(value: Any, hint: Any, key: str, errors: list[str]) -> Any:
-    """Check scalars against the field type; accept YAML's "3e-5" strings as floats."""
+    """Check a value against the field type (scalars, and the container of lists and
+    dicts); accept YAML's "3e-5" strings as floats. A bad value is reported in
+    ``errors`` and returned as ``_BAD``."""
     origin = typing.get_origin(hint)
-    if origin is typing.Union or origin is types.UnionType:
-        allowed = typing.get_args(hint)
-    elif origin is not None:  # list[...] / dict[...]: check the container only
-        if value is not None and not isinstance(value, origin):
-            errors.append(f"{key} must be a {origin.__name__}, got {value!r}")
-        return value
-    else:
-        allowed = (hint,)
+    allowed = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
     if value is None:
         if type(None) not in allowed:
             errors.append(f"{key} must not be null")
+            return _BAD
         return value
+    containers = [typing.get_origin(a) for a in allowed if typing.get_origin(a) in (list, dict)]
+    if containers:
+        if isinstance(value, tuple(containers)):
+            return value
+        errors.append(f"{key} must be a {' or '.join(c.__name__ for c in containers)}, got {value!r}")
+        return _BAD
     if float in allowed and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:
             return float(value)
         except ValueError:
             errors.append(f"{key} must be a number, got {value!r}")
-            return value
+            return _BAD
     for kind in (int, bool, str):
         if kind in allowed and hint is not Any:
             if isinstance(value, kind) and (kind is not int or not isinstance(value, bool)):
                 return value
             errors.append(f"{key} must be {kind.__name__}, got {value!r}")
-            return value
+            return _BAD
     return value
 
 
@@ -480,24 +516,50 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: cannot read the value as YAML: "
+                              f"{str(exc).splitlines()[0]}") from None
     return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config, apply overrides, validate; every error is reported at once."""
+    """Read a YAML config, apply overrides, validate; every error is reported at once.
+
+    Raises:
+        ConfigError: a missing or unreadable file, bad YAML, unknown keys, values of the
+            wrong type or out of range -- all of them in one message.
+    """
     data: dict[str, Any] = {}
     if path is not None:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = _read_yaml(Path(path))
     data = apply_overrides(data, list(overrides or []))
     errors: list[str] = []
     kwargs = _build(TrainConfig, data, "", errors)
+    try:
+        config = TrainConfig(**kwargs)
+    except ConfigError as exc:  # range errors, reported together with the type errors
+        errors += [line.removeprefix("  - ") for line in str(exc).splitlines()[1:]]
+        config = None
     if errors:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist" if not path.exists()
+                          else f"config {path} is not a file")
     try:
-        return TrainConfig(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"invalid config: {exc}") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
