@@ -40,14 +40,6 @@ LOCAL_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {
     ("turnrl.trainer", "turnrl.trainer.trainer"): "torch and transformers (the optional "
     "train extra) load on first use of Trainer, so configs and the algorithm table import "
     "without them (module __getattr__)",
-    # TODO(lead): remove after the trainer reshape (each entry: import at module level, or
-    # move it to the permanent entries above with its reason if it is a heavy backend).
-    ("turnrl.agents.tiny", "turnrl.trainer.corpus"): "temporary: the deprecated "
-    "corpus_from_env alias; delete it with the alias",
-    ("turnrl.trainer.builders", "turnrl.agents.vllm"): "temporary: vLLM rollout engine "
-    "(agents/vllm.py imports vllm itself lazily, so this may go to module level)",
-    ("turnrl.trainer.builders", "turnrl.agents.vllm_ray"): "temporary: vLLM engines as Ray "
-    "actors (agents/vllm_ray.py imports ray itself lazily, so this may go to module level)",
 }
 
 

@@ -136,5 +136,5 @@ def test_trainer_config_async_needs_the_vllm_backend():
 
     with pytest.raises(ConfigError, match="rollout.mode=async needs rollout.backend=vllm"):
         load_config(None, ["rollout.mode=async"])
-    with pytest.raises(ConfigError, match="rollout.mode must be 'lockstep' or 'async', got 'batch'"):
+    with pytest.raises(ConfigError, match="rollout.mode must be one of lockstep, async, got 'batch'"):
         load_config(None, ["rollout.mode=batch"])

@@ -34,7 +34,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from turnrl.agents.base import Action, Agent, AsyncAgent, TokenPolicy
+from turnrl.agents.base import Action, Agent, AsyncAgent, CollectAware, TokenPolicy, UsesOracle
 from turnrl.envs.pool import EnvPool, LocalPool, WorkerLost, make_pool
 from turnrl.envs.registry import accepts_kwarg
 from turnrl.errors import ConfigError
@@ -72,7 +72,7 @@ def env_kwargs_for(agent: Agent, env_id: str, kwargs: Mapping[str, Any]) -> dict
         A new dict: ``kwargs``, plus ``expert=True`` where that applies.
     """
     out = dict(kwargs)
-    if getattr(agent, "needs_expert", False) and "expert" not in out:
+    if isinstance(agent, UsesOracle) and agent.needs_expert and "expert" not in out:
         if accepts_kwarg(env_id, "expert"):
             out["expert"] = True
     return out
@@ -205,7 +205,8 @@ class _Lockstep:
         self.agent = agent
         self.env_id = env_id
         self.entry = entry
-        self.greedy = greedy
+        # the caller's choice of decoding, passed on only when made (agents keep theirs)
+        self._decoding = {} if greedy is None else {"greedy": greedy}
         self.group_size = group_size
         self.mode = parse_context(context)
         self.max_context_tokens = max_context_tokens
@@ -245,7 +246,7 @@ class _Lockstep:
     def _act(self, waiting: list[int], prompts: list) -> list[Action]:
         infos = [self.slots[i].info for i in waiting]
         if self.tokens:
-            actions = self.agent.generate(prompts, infos=infos, greedy=self.greedy)
+            actions = self.agent.generate(prompts, infos=infos, **self._decoding)
         else:
             actions = self.agent.act(prompts, infos)
         if len(actions) != len(waiting):
@@ -398,7 +399,8 @@ class _Async(_Lockstep):
         self.slots = [None] * num_envs
         # in-process engines are not all thread-safe to load (see _serial_reset)
         self._reset_lock = threading.Lock() if isinstance(self.pool, LocalPool) else nullcontext()
-        self.agent.begin_collect()
+        if isinstance(self.agent, CollectAware):
+            self.agent.begin_collect()
         threads = ThreadPoolExecutor(max(step_workers, num_envs if not isinstance(self.pool, LocalPool)
                                          else step_workers))
         try:
@@ -433,7 +435,7 @@ class _Async(_Lockstep):
                 state = self.slots[slot]
                 key = (*state.key, state.traj.num_turns)
                 action = await self.agent.agenerate(prompt, info=state.info, key=key,
-                                                    greedy=self.greedy)
+                                                    **self._decoding)
                 outcome = await loop.run_in_executor(pool, self._step, slot, action)
                 if self._record(slot, action, outcome):
                     break

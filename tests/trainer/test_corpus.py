@@ -2,8 +2,6 @@
 
 import hashlib
 
-import pytest
-
 import turnrl
 from turnrl.trainer.corpus import env_text_corpus
 
@@ -26,12 +24,3 @@ def test_corpus_is_unchanged_by_the_move_out_of_agents_tiny():
     texts = env_text_corpus(STOCK, range(4))
     digest = hashlib.sha1("\x00".join(texts).encode()).hexdigest()
     assert digest == "9dd5bab6e1bb9782ddf001cc4713d157b7a54878"
-
-
-# TODO(lead): delete together with the corpus_from_env alias.
-def test_deprecated_alias_warns_and_gives_the_same_texts():
-    from turnrl.agents import tiny
-
-    with pytest.warns(DeprecationWarning, match="env_text_corpus"):
-        old = tiny.corpus_from_env(STOCK, range(2))
-    assert old == env_text_corpus(STOCK, range(2))

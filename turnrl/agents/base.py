@@ -15,7 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 from turnrl.agents.prompting import ChatRenderer
 from turnrl.trajectory import Action, Message  # Action lives in the data model; re-exported
 
-__all__ = ["Action", "Agent", "Policy", "TokenPolicy", "AsyncAgent", "RolloutEngine"]
+__all__ = ["Action", "Agent", "Policy", "TokenPolicy", "AsyncAgent", "CollectAware", "UsesOracle",
+           "RolloutEngine"]
 
 
 @runtime_checkable
@@ -83,12 +84,7 @@ class TokenPolicy(Protocol):
 class AsyncAgent(Protocol):
     """An agent that answers one prompt at a time without a batch barrier (rollout
     ``mode="async"``): the vLLM policies (token ids) and the OpenAI-compatible agent
-    (chat messages)."""
-
-    def begin_collect(self) -> None:
-        """Called once per :func:`~turnrl.rollout.collect` before its first request
-        (request seeds are derived from the collect round)."""
-        ...
+    (chat messages). The rollout passes ``greedy`` only when its caller chose."""
 
     async def agenerate(
         self,
@@ -101,6 +97,24 @@ class AsyncAgent(Protocol):
         """One reply. ``key`` identifies the request within the collect (seed position,
         group member, turn), so sampling is reproducible however requests interleave."""
         ...
+
+
+@runtime_checkable
+class CollectAware(Protocol):
+    """An agent told when a :func:`~turnrl.rollout.collect` starts (the vLLM policies
+    derive request seeds from the collect round, so sampled runs replay exactly)."""
+
+    def begin_collect(self) -> None:
+        """Called once per collect, before its first request."""
+        ...
+
+
+@runtime_checkable
+class UsesOracle(Protocol):
+    """An agent that reads the env's oracle, ``info["expert_action"]`` (the expert
+    baseline, SFT data): envs with an ``expert`` switch turn it on for it."""
+
+    needs_expert: bool
 
 
 @runtime_checkable

@@ -104,9 +104,6 @@ class OpenAIAgent:
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations))) as pool:
             return list(pool.map(self._complete, conversations))
 
-    def begin_collect(self) -> None:
-        """Nothing to set up per collect: requests carry no seeds (the server samples)."""
-
     async def agenerate(self, prompt: list[Message], *, info: dict[str, Any] | None = None,
                         key: Sequence[int] = (), greedy: bool | None = None) -> Action:
         """One reply, for the rollout engine's ``async`` mode (no batch barrier): the

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "CHAT_TEMPLATE", "SPECIAL_TOKENS", "train_tokenizer", "build_model", "corpus_from_env",
+    "CHAT_TEMPLATE", "SPECIAL_TOKENS", "train_tokenizer", "build_model",
     "make_tiny_model",
 ]
 
@@ -126,22 +126,6 @@ def build_model(
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
-
-
-def corpus_from_env(
-    env_id: str, seeds: Iterable[int], *, random_episodes: bool = True, **env_kwargs: Any
-) -> list[str]:
-    """Deprecated: use :func:`turnrl.trainer.corpus.env_text_corpus` (same arguments, same
-    texts). Building a corpus plays episodes, which is not an agent module's job."""
-    import warnings
-
-    # TODO(lead): remove this alias (and its allowlist entry in tests/test_layering.py) once
-    # nothing calls it; the lazy import only bridges the move.
-    from turnrl.trainer.corpus import env_text_corpus
-
-    warnings.warn("turnrl.agents.tiny.corpus_from_env is deprecated; use "
-                  "turnrl.trainer.corpus.env_text_corpus", DeprecationWarning, stacklevel=2)
-    return env_text_corpus(env_id, seeds, random_episodes=random_episodes, **env_kwargs)
 
 
 def make_tiny_model(

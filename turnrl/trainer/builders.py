@@ -13,6 +13,8 @@ import torch
 
 from turnrl.agents.base import RolloutEngine
 from turnrl.agents.tiny import make_tiny_model
+from turnrl.agents.vllm import VLLMPolicy
+from turnrl.agents.vllm_ray import RayVLLMPolicy
 from turnrl.envs.suites import SuiteEntry
 from turnrl.trainer.corpus import env_text_corpus
 from turnrl.trainer.critic import ValueHead, ValueModel
@@ -77,13 +79,9 @@ def build_engine(model_path: str, *, engines: int, ray_address: str | None, temp
                  top_p: float, max_new_tokens: int, seed: int, max_model_len: int,
                  dtype: str | None, engine_kwargs: dict[str, Any]) -> RolloutEngine:
     """A vLLM rollout engine: one in this process, or ``engines`` > 1 as Ray actors
-    (data-parallel rollout). vLLM and Ray are imported only here."""
+    (data-parallel rollout). vLLM and Ray are imported when the engine is built."""
     kwargs = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                   max_model_len=max_model_len, dtype=dtype, engine_kwargs=engine_kwargs)
     if engines > 1:
-        from turnrl.agents.vllm_ray import RayVLLMPolicy
-
         return RayVLLMPolicy(model_path, num_engines=engines, address=ray_address, **kwargs)
-    from turnrl.agents.vllm import VLLMPolicy
-
     return VLLMPolicy(model_path, **kwargs)
