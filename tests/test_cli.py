@@ -69,3 +69,40 @@ def test_play_session_through_stdin():
     assert out.returncode == 0, out.stderr
     assert "-= " in out.stdout  # a room header from the game
     assert "inventory" in out.stdout  # /actions listed admissible commands
+
+
+def _bad_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: {tiny: {hidden_size: 64}\nenv: [\n")
+    return str(path)
+
+
+def _tiny_32(tmp_path):
+    path = tmp_path / "tiny32.yaml"
+    path.write_text("model: {tiny: {hidden_size: 32}}\nenv: {id: turnrl/TextWorld-v0}\n"
+                    f"run_dir: {tmp_path / 'run'}\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("case,args,named", [
+    ("unwritable json", lambda t: ["eval", "textworld", "--agent", "random", "--episodes", "1",
+                                   "--json", str(t / "missing" / "r.json")], "does not exist"),
+    ("json is a folder", lambda t: ["eval", "textworld", "--agent", "random", "--json", str(t)],
+     "is a directory"),
+    ("bad env keyword", lambda t: ["eval", "turnrl/TextWorld-v0", "--agent", "random",
+                                   "--env-arg", "bogus_kw=1"], "does not accept 'bogus_kw'"),
+    ("missing config", lambda t: ["train", str(t / "nope.yaml")], "does not exist"),
+    ("missing run dir", lambda t: ["train", "--resume", str(t / "nope")], "no such run directory"),
+    ("yaml syntax", lambda t: ["train", _bad_yaml(t)], "is not valid YAML (line"),
+    ("tiny too small", lambda t: ["train", _tiny_32(t)], "model.tiny.hidden_size must be an integer >= 64"),
+])
+def test_user_errors_exit_2_with_one_line(tmp_path, case, args, named):
+    import time
+
+    start = time.time()
+    out = turnrl(*args(tmp_path), timeout=120)
+    assert out.returncode == 2, (case, out.stderr[-2000:])
+    lines = [line for line in out.stderr.splitlines() if line.strip() and "%|" not in line]
+    assert len(lines) == 1 and lines[0].startswith("turnrl: error:"), (case, out.stderr[-2000:])
+    assert named in lines[0] and "Traceback" not in out.stderr, (case, lines[0])
+    assert time.time() - start < 30, f"{case}: the error came late"

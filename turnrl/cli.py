@@ -149,6 +149,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from turnrl.trajectory import save_jsonl
 
     env_kwargs = _parse_env_args(args.env_arg)
+    for option, path in (("--json", args.json), ("--save-trajectories", args.save_trajectories)):
+        _check_writable(option, path)  # before the evaluation, not after it
     pairs = resolve_target(args.target, episodes=args.episodes, seed=args.seed, env_kwargs=env_kwargs)
     agent_kwargs: dict[str, Any] = {"seed": args.seed} if agent_spec(args.agent).takes_seed() else {}
     if args.agent.startswith("openai:"):
@@ -182,6 +184,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_writable(option: str, path: str | None) -> None:
+    """Raise :class:`ConfigError` unless ``path`` can be written (its folder exists and is
+    writable; the file, if there, is a writable file)."""
+    import os
+    from pathlib import Path
+
+    if not path:
+        return
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise ConfigError(f"{option} {path}: is a directory; give a file name")
+    if not folder.is_dir():
+        raise ConfigError(f"{option} {path}: folder {folder} does not exist")
+    if not os.access(target if target.exists() else folder, os.W_OK):
+        raise ConfigError(f"{option} {path}: not writable")
+
+
 # ---------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
@@ -194,6 +214,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.config and "=" in args.config and not Path(args.config).exists():
         args.overrides, args.config = [args.config, *args.overrides], None  # only overrides
     if args.resume:
+        if not Path(args.resume).is_dir():
+            raise ConfigError(f"--resume {args.resume}: no such run directory")
         config_path = args.config or f"{args.resume}/config.yaml"
         overrides = [*args.overrides, f"run_dir={args.resume}"]
         trainer = Trainer(load_config(config_path, overrides), resume=True)
@@ -317,7 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("train", help="train a policy from a YAML config")
+    from turnrl.trainer import algorithms
+
+    p = sub.add_parser(
+        "train", help="train a policy from a YAML config",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="algorithms (algorithm.name):\n" + "\n".join(
+            "  " + line for line in algorithms.describe().splitlines()))
     p.add_argument("config", nargs="?", help="YAML config, e.g. configs/quickstart.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. optim.lr=3e-5 rollout.episodes_per_update=32")

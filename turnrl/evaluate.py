@@ -167,6 +167,7 @@ def resolve_target(
             f"{did_you_mean(target, [s.id for s in registry.list_envs()] + suites)} "
             f"Suites: {', '.join(suites)}. Run `turnrl envs` for env ids."
         ) from None
+    registry.factory(target, **(env_kwargs or {}))  # a keyword the env does not take fails now
     n = 10 if episodes is None else episodes
     entry = SuiteEntry(env_id=target, kwargs=dict(env_kwargs or {}), eval_seeds=tuple(range(seed, seed + n)))
     return [(entry, list(entry.eval_seeds))]

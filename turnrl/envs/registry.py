@@ -243,8 +243,16 @@ class EnvFactory:
 
 def factory(env_id: str, **kwargs: Any) -> EnvFactory:
     """A callable that makes ``env_id`` with ``kwargs``, in this process or any worker (see
-    :class:`EnvFactory`); what env pools and the trainer use."""
-    return EnvFactory(spec(env_id), dict(kwargs))
+    :class:`EnvFactory`); what env pools and the trainer use.
+
+    Raises:
+        UnknownEnvError: the id is not registered.
+        ConfigError: a keyword the environment does not accept -- now, before any env is
+            made or prepared.
+    """
+    env_spec = spec(env_id)
+    _check_kwargs(env_spec.id, env_spec.load(), {**env_spec.defaults, **kwargs})
+    return EnvFactory(env_spec, dict(kwargs))
 
 
 def _check_kwargs(env_id: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:

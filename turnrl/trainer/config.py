@@ -279,10 +279,22 @@ class TrainConfig:
         for check in (_check_model, _check_env, _check_rollout, _check_algorithm, _check_run):
             e += check(self)
         if e:
-            raise ConfigError("invalid config:\n  - " + "\n  - ".join(e))
+            raise config_error(e)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def config_error(errors: list[str]) -> ConfigError:
+    """One error: ``invalid config: ...`` on one line; several: one per line below it.
+    The list is kept as the exception's ``errors`` attribute."""
+    if len(errors) == 1:
+        text = f"invalid config: {errors[0]}"
+    else:
+        text = "invalid config:\n  - " + "\n  - ".join(errors)
+    error = ConfigError(text)
+    error.errors = list(errors)
+    return error
 
 
 def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> list[str]:
@@ -540,10 +552,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         config = TrainConfig(**kwargs)
     except ConfigError as exc:  # range errors, reported together with the type errors
-        errors += [line.removeprefix("  - ") for line in str(exc).splitlines()[1:]]
+        errors += getattr(exc, "errors", [str(exc)])
         config = None
     if errors:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
+        raise config_error(errors)
     return config
 
 
