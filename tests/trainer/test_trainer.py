@@ -199,3 +199,14 @@ def test_a_second_trainer_on_a_busy_run_dir_is_refused(tmp_path, tiny_guess_mode
         Trainer(config(tmp_path, tiny_guess_model))
     first.close()
     Trainer(config(tmp_path, tiny_guess_model)).close()  # free again
+
+
+def test_long_phases_report_progress(tmp_path, tiny_guess_model, capsys):
+    trainer = Trainer(config(tmp_path, tiny_guess_model, "progress=true", "sft.episodes=2",
+                             "sft.epochs=1", "eval.episodes=2"))
+    trainer.train_sft()
+    trainer.evaluate("check")
+    trainer.close()
+    err = capsys.readouterr().err
+    assert "preparing episodes" in err and "done in" in err
+    assert "sft data" in err and "eval check" in err
