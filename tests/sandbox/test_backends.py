@@ -74,7 +74,10 @@ def test_exit_codes_and_statuses(bwrap):
 def test_classify_maps_endings():
     assert classify(0, "")[0] == "ok"
     assert classify(1, "Traceback...\nMemoryError\n")[0] == "memory"
-    assert classify(152, "")[0] == "timeout"  # SIGXCPU
+    # An exit status never means a time limit: only what the host or monitor observed does.
+    assert classify(152, "") == ("runtime_error", "exited with status 152")
+    assert classify(152, "", killed_by=24) == ("runtime_error", "killed by signal 24")
+    assert classify(152, "", killed_by=24, cpu_exceeded=True, cpu_limit_s=2)[0] == "timeout"
     assert classify(137, "", timed_out=True, timeout_s=2)[0] == "timeout"
     assert classify(None, "")[0] == "infra_error"
     assert classify(2, "boom")[0] == "runtime_error"

@@ -1,71 +1,197 @@
 """Process plumbing shared by the subprocess-based backends (bubblewrap, process).
 
-:func:`run_captured` starts a command, reads its stdout and stderr without ever blocking
-past a deadline, keeps the first ``output_bytes`` of each and drops the rest, and kills
-the whole process group on timeout. :data:`LAUNCHER` is the tiny program that applies the
-rlimits inside the sandbox and then executes the real command.
+:func:`run_captured` starts a program, reads its stdout and stderr without ever blocking
+past a deadline, keeps the first ``output_bytes`` of each and drops the rest, and kills the
+whole process group on timeout. :data:`MONITOR` is the small trusted program that runs
+first inside the sandbox: it applies the rlimits, starts the real program as its child
+and reports how that child ended on a file descriptor the child never has.
+:func:`read_report` and :func:`judge` turn that report into a status the program cannot
+forge.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
+import math
 import os
 import selectors
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
+
+from turnrl.sandbox.base import ExecResult, classify
 
 __all__ = [
-    "LAUNCHER", "LAUNCH_FAILED", "Captured", "run_captured", "memfd", "kill_group",
-    "spawn_long_lived",
+    "MONITOR", "Captured", "Child", "PopenChild", "Report", "decode", "judge", "kill_group",
+    "memfd", "monitor_argv", "read_report", "run_captured",
 ]
 
-#: Exit status of :data:`LAUNCHER` when it could not apply the limits or exec the command
-#: (an infrastructure fault, not the program's).
-LAUNCH_FAILED = 125
+#: Run as ``python3 -I -S -c MONITOR '<config json>' PROGRAM ARGS...`` with the config
+#: ``{"rlimits": {name: value}, "report_fd": int, "secret_fd": int | None}``.
+#:
+#: The monitor makes itself non-dumpable (so a program of the same uid can neither read nor
+#: write it, nor reach its file descriptors, through ``/proc``), blocks every signal it can,
+#: and forks. The child sets each ``RLIMIT_*`` (soft limit; the CPU hard limit sits one
+#: second above so SIGXCPU comes first), moves the secret input, if any, to fd 3, closes
+#: every other descriptor and executes the program. The monitor waits for it and writes
+#: one JSON line to ``report_fd``: ``{"exit", "signal", "cpu_s"}`` (``cpu_s``: the
+#: program's own CPU seconds, read from ``/proc`` before it is reaped) or
+#: ``{"launch_error"}``. Only the monitor ever holds ``report_fd``.
+MONITOR = r"""
+import fcntl, json, os, resource, signal, sys
+cfg = json.loads(sys.argv[1])
+REPORT = cfg["report_fd"]
 
-#: Run as ``python3 -I -S -c LAUNCHER '<rlimits json>' PROGRAM ARGS...``: sets each
-#: ``RLIMIT_*`` (soft limit; the CPU hard limit sits one second above so SIGXCPU, not
-#: SIGKILL, marks a CPU timeout), then replaces itself with the program.
-LAUNCHER = r"""
-import os, sys, json, resource
+def report(obj):
+    try:
+        os.write(REPORT, (json.dumps(obj) + "\n").encode())
+    except OSError:
+        pass
+
 try:
-    for name, value in json.loads(sys.argv[1]).items():
-        hard = value + 1 if name == "RLIMIT_CPU" else value
-        resource.setrlimit(getattr(resource, name), (value, hard))
-    os.execv(sys.argv[2], sys.argv[2:])
+    import ctypes
+    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    err_r, low = os.pipe()
+    err_w = fcntl.fcntl(low, fcntl.F_DUPFD_CLOEXEC, 10)  # above fd 3, which dup2 may take
+    os.close(low)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for name, value in cfg["rlimits"].items():
+                hard = value + 1 if name == "RLIMIT_CPU" else value
+                resource.setrlimit(getattr(resource, name), (value, hard))
+            secret = cfg.get("secret_fd")
+            if secret is not None and secret != 3:
+                os.dup2(secret, 3)
+            first = 4 if secret is not None else 3
+            os.closerange(first, err_w)
+            os.closerange(err_w + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            os.execv(sys.argv[2], sys.argv[2:])
+        except BaseException as exc:
+            os.write(err_w, ("%s: %s" % (type(exc).__name__, exc)).encode()[:2000])
+        finally:
+            os._exit(127)
+    os.close(err_w)
+    error = b""
+    while True:
+        chunk = os.read(err_r, 4096)
+        if not chunk:
+            break
+        error += chunk
+    if error:
+        os.waitpid(pid, 0)
+        report({"launch_error": error.decode("utf-8", "replace")})
+        os._exit(0)
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+            try:
+                signal.signal(sig, signal.SIG_IGN)
+            except (OSError, ValueError):
+                pass
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        cpu = None
+    _, status = os.waitpid(pid, 0)
+    report({"exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, "cpu_s": cpu})
+    os._exit(0)
 except BaseException as exc:
-    os.write(2, ("turnrl-launch: %s: %s\n" % (type(exc).__name__, exc)).encode())
-    os._exit(125)
+    report({"launch_error": "monitor: %s: %s" % (type(exc).__name__, exc)})
+    os._exit(0)
 """
 
 
-def launcher_argv(python: str, rlimits: dict[str, int], program: Sequence[str]) -> list[str]:
-    return [python, "-I", "-S", "-c", LAUNCHER, json.dumps(rlimits), *program]
+def monitor_argv(python: str, rlimits: dict[str, int], program: Sequence[str], *,
+                 report_fd: int, secret_fd: int | None = None) -> list[str]:
+    config = {"rlimits": rlimits, "report_fd": report_fd, "secret_fd": secret_fd}
+    return [python, "-I", "-S", "-c", MONITOR, json.dumps(config), *program]
 
 
-_spawner: concurrent.futures.ThreadPoolExecutor | None = None
-_spawner_lock = threading.Lock()
+@dataclass(frozen=True)
+class Report:
+    """What the monitor saw: the program's exit status or signal and its CPU seconds, or
+    why it could not start it."""
+
+    exit: int | None = None
+    signal: int | None = None
+    cpu_s: float | None = None
+    launch_error: str = ""
+
+    @property
+    def exit_code(self) -> int | None:
+        """Shell convention: ``128 + N`` for death by signal N."""
+        return 128 + self.signal if self.signal is not None else self.exit
 
 
-def spawn_long_lived(factory: Callable[[], subprocess.Popen], timeout_s: float = 60.0) -> subprocess.Popen:
-    """Start a process that must outlive the calling thread.
+def read_report(fd: int) -> Report | None:
+    """The monitor's report from the read end of its pipe, or ``None`` if it wrote none
+    (it was killed before it could). Reads what is there without blocking."""
+    os.set_blocking(fd, False)
+    data = b""
+    try:
+        while len(data) < 1 << 16:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    except (BlockingIOError, OSError):
+        pass
+    for line in data.splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(doc, dict):
+            continue
+        if doc.get("launch_error"):
+            return Report(launch_error=str(doc["launch_error"]))
+        cpu = doc.get("cpu_s")
+        return Report(exit=_int_or_none(doc.get("exit")), signal=_int_or_none(doc.get("signal")),
+                      cpu_s=float(cpu) if isinstance(cpu, (int, float)) else None)
+    return None
 
-    ``bwrap --die-with-parent`` uses ``PR_SET_PDEATHSIG``, which fires when the *thread*
-    that forked it exits, not the process. A session started from a short-lived worker
-    thread would be killed when that thread ends, so sessions are forked from one
-    dedicated thread that lives as long as the interpreter.
-    """
-    global _spawner
-    with _spawner_lock:
-        if _spawner is None:
-            _spawner = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="turnrl-sandbox-spawner")
-    return _spawner.submit(factory).result(timeout=timeout_s)
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def judge(cap: Captured, report: Report | None, *, timeout_s: float, cpu_limit_s: float,
+          fallback_exit_code: int | None) -> ExecResult:
+    """The :class:`ExecResult` of a monitored run, from what only the host and the monitor
+    observed: the host's clock (wall timeout), the monitor's report (exit status, signal,
+    CPU time). The program's own exit status cannot fake a timeout or an infra error."""
+    stdout, stderr = decode(cap.stdout), decode(cap.stderr)
+    if cap.timed_out:
+        status, message = classify(None, stderr, timed_out=True, timeout_s=timeout_s)
+        return ExecResult(stdout, stderr, None, status, cap.truncated, cap.duration_s, message)
+    if report is None:
+        return ExecResult(stdout, stderr, fallback_exit_code, "runtime_error", cap.truncated,
+                          cap.duration_s, "the program killed the sandbox's monitor, so how it "
+                          "ended is unknown")
+    if report.launch_error:
+        return ExecResult(stdout, stderr, None, "infra_error", cap.truncated, cap.duration_s,
+                          f"the sandbox could not start the program: {report.launch_error}")
+    # RLIMIT_CPU is whole seconds and the kernel checks the precise run time; /proc
+    # reports scaled clock ticks, a little lower.
+    rlimit_cpu = max(1, math.ceil(cpu_limit_s))
+    cpu_exceeded = (report.cpu_s is not None
+                    and report.cpu_s >= rlimit_cpu - (0.05 + 0.01 * rlimit_cpu))
+    status, message = classify(report.exit_code, stderr, killed_by=report.signal,
+                               cpu_exceeded=cpu_exceeded, cpu_limit_s=cpu_limit_s)
+    return ExecResult(stdout, stderr, report.exit_code, status, cap.truncated, cap.duration_s,
+                      message)
 
 
 def memfd(name: str, data: bytes) -> int:
@@ -94,6 +220,49 @@ def kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+class Child(Protocol):
+    """A started program as :func:`run_captured` drives it (a ``Popen`` adapted by
+    :class:`PopenChild`, or a spawner's ``Spawned``)."""
+
+    def poll(self) -> int | None:
+        """Exit status (``128 + N`` for signal N) once exited, else ``None``."""
+
+    def done(self) -> bool:
+        """Exited, or lost (its status will never be known)."""
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit status, or ``None`` if still running after ``timeout`` seconds."""
+
+    def kill(self) -> None:
+        """SIGKILL the program's whole process group."""
+
+
+class PopenChild:
+    """:class:`Child` over a ``subprocess.Popen`` started with ``start_new_session``."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+
+    def poll(self) -> int | None:
+        return _shell(self.proc.poll())
+
+    def done(self) -> bool:
+        return self.proc.poll() is not None
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return _shell(self.proc.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        kill_group(self.proc)
+
+
+def _shell(rc: int | None) -> int | None:
+    return 128 - rc if rc is not None and rc < 0 else rc
+
+
 @dataclass
 class Captured:
     """Raw outcome of :func:`run_captured`."""
@@ -108,69 +277,56 @@ class Captured:
 
 
 def run_captured(
-    argv: Sequence[str],
+    start: Callable[[int, int], Child],
     *,
     timeout_s: float,
     output_bytes: int,
-    stdin_fd: int | None = None,
-    pass_fds: Sequence[int] = (),
-    env: dict[str, str] | None = None,
-    cwd: str | None = None,
-    user: int | None = None,
-    group: int | None = None,
     on_exit: Callable[[], None] | None = None,
 ) -> Captured:
-    """Run ``argv`` with a wall-clock deadline and capped output capture.
+    """Start a program with ``start(stdout_fd, stderr_fd)`` and run it with a wall-clock
+    deadline and capped output capture.
 
-    Never raises for the child's behaviour; a failure to spawn comes back as
-    ``spawn_error``. ``on_exit`` runs when the child has exited (or was killed) and again
+    Never raises for the program's behaviour; a failure to start comes back as
+    ``spawn_error``. ``on_exit`` runs when the program has exited (or was killed) and again
     at the end, e.g. to sweep background processes that left the process group.
     """
-    start = time.monotonic()
-    deadline = start + timeout_s
-    kwargs: dict = {}
-    if user is not None:
-        kwargs.update(user=user, group=group, extra_groups=[])
+    t0 = time.monotonic()
+    deadline = t0 + timeout_s
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
     try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=stdin_fd if stdin_fd is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=tuple(pass_fds),
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-            close_fds=True,
-            **kwargs,
-        )
+        child = start(out_w, err_w)
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
-        return Captured(None, b"", b"", False, False, time.monotonic() - start,
+        for fd in (out_r, err_r):
+            os.close(fd)
+        return Captured(None, b"", b"", False, False, time.monotonic() - t0,
                         spawn_error=f"{type(exc).__name__}: {exc}")
+    finally:
+        os.close(out_w)
+        os.close(err_w)
 
     bufs = {"stdout": bytearray(), "stderr": bytearray()}
-    truncated = False
-    timed_out = False
+    truncated = timed_out = False
     sel = selectors.DefaultSelector()
-    assert proc.stdout is not None and proc.stderr is not None
-    for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
-        os.set_blocking(stream.fileno(), False)
-        sel.register(stream.fileno(), selectors.EVENT_READ, name)
+    for name, fd in (("stdout", out_r), ("stderr", err_r)):
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ, name)
+    rc: int | None = None
     try:
-        drain_until = None  # after a kill: read what is left, but not forever
+        drain_until = None  # after the end: read what is left, but not forever
         while sel.get_map():
             now = time.monotonic()
             if drain_until is None:
-                if proc.poll() is not None:
+                if child.done():
                     # The program is done; whatever still holds its pipes is a leftover
                     # background process of its group: kill it, keep the buffered output.
-                    kill_group(proc)
+                    child.kill()
                     if on_exit is not None:
                         on_exit()
                     drain_until = now + 1.0
                 elif now >= deadline:
                     timed_out = True
-                    kill_group(proc)
+                    child.kill()
                     drain_until = now + 2.0
             elif now >= drain_until:
                 break
@@ -192,32 +348,21 @@ def run_captured(
                 if len(chunk) > room:
                     truncated = True
         # Output closed: the program is done (or killed). Reap it, with a bound.
-        remaining = max(0.1, deadline - time.monotonic()) if not timed_out else 2.0
-        try:
-            proc.wait(timeout=remaining)
-        except subprocess.TimeoutExpired:
+        rc = child.wait(max(0.1, deadline - time.monotonic()) if not timed_out else 2.0)
+        if not child.done():
             timed_out = True
-            kill_group(proc)
-            try:
-                proc.wait(timeout=5.0)
-            except subprocess.TimeoutExpired:
-                pass
+            child.kill()
+            rc = child.wait(5.0)
     finally:
         sel.close()
-        for stream in (proc.stdout, proc.stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
-        if proc.returncode is None:
-            kill_group(proc)
+        for fd in (out_r, err_r):
+            os.close(fd)
+        if not child.done():
+            child.kill()
         if on_exit is not None:
             on_exit()
-    rc = proc.returncode
-    if rc is not None and rc < 0:
-        rc = 128 - rc
     return Captured(rc, bytes(bufs["stdout"]), bytes(bufs["stderr"]), truncated, timed_out,
-                    time.monotonic() - start)
+                    time.monotonic() - t0)
 
 
 def decode(data: bytes) -> str:

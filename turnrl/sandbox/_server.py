@@ -1,88 +1,71 @@
-"""The interpreter that a :class:`~turnrl.sandbox.session.Session` runs inside a sandbox.
+"""The supervisor and interpreter of a :class:`~turnrl.sandbox.session.Session`.
 
 This file is not imported by turnrl: its source is sent into the sandbox and run there as
 ``python3 -I -c <source> <config json>``, so it uses the standard library only and runs on
 Python >= 3.8.
 
-Protocol (one JSON object per line): requests arrive on the original stdin; each answer
-is written to the original stdout, prefixed with the session token. The program's own
-stdout and stderr are pipes swapped in around every cell, drained by two threads that keep
-the first ``output_bytes`` bytes of each and drop the rest.
+Two processes, so that the cells' code never touches the host's channel:
 
-Requests: ``{"op": "run", "code", "timeout_s", "cpu_s", "files"}``, ``{"op": "reset"}``,
-``{"op": "exit"}``. Run answers: ``{"status", "exit_code", "stdout", "stderr",
-"truncated", "message"}``.
+``supervisor``  this program. It holds the channel to the host (``req_fd``: requests in,
+                ``rep_fd``: answers out, one JSON object per line, each answer carrying its
+                request's ``id``), makes itself non-dumpable (a process of the same uid then
+                cannot read or write it, or reach its file descriptors, through ``/proc``),
+                ignores every signal it can, and never runs a cell. It decides each cell's
+                status from what it observes itself: its own clock, the interpreter's CPU
+                time in ``/proc``, and whether the interpreter is still alive.
+``interpreter`` a child forked from the supervisor before any cell ran, holding only its
+                end of three pipes: requests from the supervisor, its stdout and stderr,
+                and a "done" pipe. It runs cells in one namespace, so state persists. If it
+                dies (``os._exit``, a segfault, a kill), the supervisor keeps the output it
+                had read, reports the crash and forks a fresh interpreter.
 
-Time limits are enforced from inside first -- SIGALRM (wall) and the soft CPU rlimit
-(SIGXCPU) raise an exception in the cell, so the variables survive a timeout -- and from
-outside as a backstop: the host kills the whole sandbox if no answer comes back in time.
+Between cells the interpreter is stopped (SIGSTOP) and every other process in the sandbox
+is killed, so a thread or process a cell leaves behind uses no CPU until the next cell of
+the same session. Limits: the wall clock (SIGALRM into the cell, then SIGKILL after
+``grace_s``), CPU time (the soft ``RLIMIT_CPU``, raised per cell, then SIGKILL after
+``grace_s`` more), and the memory, process, file-size and open-file rlimits of the
+interpreter.
+
+Requests: ``{"op": "run", "id", "code", "timeout_s", "cpu_s", "files"}`` and
+``{"op": "exit"}``. Answers: ``{"ready": true}`` once, then per run ``{"id", "status",
+"exit_code", "stdout", "stderr", "truncated", "message", "restarted"}``.
 """
 
 import ast
 import base64
 import builtins
+import fcntl
+import io
 import json
 import linecache
 import math
 import os
 import resource
-import shutil
+import select
 import signal
 import sys
-import threading
+import time
 import traceback
 
 CFG = json.loads(sys.argv[1])
-TOKEN = CFG["token"]
 OUTPUT_BYTES = int(CFG["output_bytes"])
 SCRATCH = CFG["scratch"]
-TMP = CFG.get("tmp")
 PRIVATE_PIDS = bool(CFG.get("private_pids"))
+GRACE_S = float(CFG.get("grace_s", 1.0))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+# ===================================================================== the interpreter
 class _Interrupt(BaseException):
     """Raised into a cell by a limit; a BaseException so ``except Exception`` misses it."""
 
 
-class _WallTimeout(_Interrupt):
-    pass
-
-
-class _CpuTimeout(_Interrupt):
-    pass
-
-
 def _on_alarm(signum, frame):
-    raise _WallTimeout()
+    raise _Interrupt("wall")
 
 
 def _on_xcpu(signum, frame):
-    raise _CpuTimeout()
-
-
-class _Reader(threading.Thread):
-    """Drains one pipe; keeps the head, counts the rest."""
-
-    def __init__(self, fd):
-        threading.Thread.__init__(self, daemon=True)
-        self.fd = fd
-        self.kept = bytearray()
-        self.dropped = 0
-
-    def run(self):
-        try:
-            while True:
-                chunk = os.read(self.fd, 65536)
-                if not chunk:
-                    break
-                room = OUTPUT_BYTES - len(self.kept)
-                if room > 0:
-                    self.kept += chunk[:room]
-                self.dropped += max(0, len(chunk) - max(room, 0))
-        except OSError:
-            pass
-        finally:
-            os.close(self.fd)
+    raise _Interrupt("cpu")
 
 
 def _write_all(fd, data):
@@ -91,40 +74,290 @@ def _write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
-def _cpu_used():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def _text_stream(fd):
+    # Line-buffered: what a cell printed before a crash has reached the supervisor.
+    raw = io.FileIO(fd, "w", closefd=False)
+    return io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8",
+                            errors="backslashreplace", line_buffering=True)
 
 
-def _set_cpu_soft(seconds):
-    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    if seconds is None:
-        soft = hard
-    else:
-        soft = int(math.ceil(_cpu_used() + seconds))
-        if hard != resource.RLIM_INFINITY:
-            soft = min(soft, hard)
-    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+def interpreter_main(req_fd, done_fd):
+    """Serve cells forever (runs in the forked child; never returns)."""
+    ns = {"__name__": "__main__", "__builtins__": builtins}
+    sys.stdout = sys.__stdout__ = _text_stream(1)
+    sys.stderr = sys.__stderr__ = _text_stream(2)
+    sys.stdin = sys.__stdin__ = open(os.devnull)
+    sys.path.insert(0, SCRATCH)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(signal.SIGXCPU, _on_xcpu)
+    requests = os.fdopen(req_fd, "rb")
+    # Prepared now, while memory is free: the answer when even that runs out.
+    out_of_memory = b'{"n": %d, "outcome": "memory", "message": "memory exhausted"}\n'
+    cells = n = 0
+    while True:
+        line = requests.readline()
+        if not line:
+            os._exit(0)
+        cells += 1
+        try:
+            req = json.loads(line)
+            n = req["n"]
+            _reap_children()
+            done = run_cell(ns, req, f"<cell {cells}>")
+            done["n"] = n
+            data = (json.dumps(done) + "\n").encode()
+        except MemoryError:
+            data = out_of_memory % n
+        except BaseException as exc:  # a late interrupt, say: report, never die here
+            data = (json.dumps({"n": n, "outcome": "error", "exit_code": 1,
+                                "message": f"{type(exc).__name__} raised"}) + "\n").encode()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        try:
+            _write_all(done_fd, data)
+        except OSError:
+            os._exit(1)
 
 
-def _disarm():
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    _set_cpu_soft(None)
+def _reap_children():
+    # Children of earlier cells were killed between cells; collect their zombies.
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
-def _my_sid():
-    return os.getsid(0)
+def run_cell(ns, req, filename):
+    """Run one cell; ``{"outcome", "exit_code", "message"}`` (outcome: ok, error, memory,
+    exit or interrupted -- the supervisor decides the status)."""
+    outcome, exit_code, message = "ok", 0, ""
+    try:
+        try:
+            for name, b64 in (req.get("files") or {}).items():
+                path = os.path.join(SCRATCH, name)
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                with open(path, "wb") as f:
+                    f.write(base64.b64decode(b64))
+        except OSError as exc:
+            return {"outcome": "error", "exit_code": 1, "message": f"could not write files: {exc}"}
+        execute(ns, req["code"], filename)
+    except _Interrupt as exc:
+        outcome, exit_code, message = "interrupted", None, str(exc.args[0] if exc.args else "")
+    except MemoryError as exc:
+        outcome, exit_code, message = "memory", 1, "memory limit exceeded"
+        print_user_traceback(exc, filename)
+    except SystemExit as exc:
+        code = exc.code
+        if code is None or code == 0:
+            exit_code = 0
+        elif isinstance(code, int):
+            exit_code = code
+        else:
+            exit_code = 1
+            _print_err(str(code))
+        if exit_code != 0:
+            outcome, message = "exit", f"exited with status {exit_code}"
+    except BaseException as exc:
+        outcome, exit_code, message = "error", 1, f"{type(exc).__name__} raised"
+        print_user_traceback(exc, filename)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    return {"outcome": outcome, "exit_code": exit_code, "message": message}
 
 
-def _strays():
-    """Processes to kill after a cell: everything else in a private pid namespace, or
+def execute(ns, code, filename):
+    """Run a cell like a notebook: the value of a final expression is printed."""
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    tree = ast.parse(code, filename, "exec")
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    exec(compile(tree, filename, "exec"), ns)
+    if last is not None:
+        value = eval(compile(last, filename, "eval"), ns)
+        if value is not None:
+            print(repr(value))
+
+
+def _print_err(text):
+    try:
+        sys.stderr.write(text + "\n")
+    except BaseException:
+        pass
+
+
+def print_user_traceback(exc, filename):
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
+        tb = tb.tb_next  # hide the interpreter's own frames
+    try:
+        if isinstance(exc, SyntaxError):
+            lines = traceback.format_exception_only(type(exc), exc)
+        else:
+            lines = traceback.format_exception(type(exc), exc, tb)
+        sys.stderr.write("".join(lines))
+    except BaseException:  # e.g. no memory left to format it
+        try:
+            _write_all(2, b"\n" + type(exc).__name__.encode() + b" (traceback unavailable)\n")
+        except BaseException:
+            pass
+    finally:
+        exc.__traceback__ = None
+
+
+# ===================================================================== the supervisor
+def make_non_dumpable():
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")
+
+
+def cpu_seconds(pid):
+    """CPU time of ``pid``'s threads (not its children), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def exit_status(status):
+    """``(exit code in the shell convention, signal or None)``."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status), os.WTERMSIG(status)
+    return os.WEXITSTATUS(status), None
+
+
+def cpu_tolerance(cpu_s):
+    """How far below its soft RLIMIT_CPU a process may read in /proc when SIGXCPU comes
+    (the kernel checks its precise run time; /proc reports scaled clock ticks)."""
+    return 0.05 + 0.01 * cpu_s
+
+
+class Capture:
+    """One output pipe of the interpreter: keeps the head of each cell's bytes."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.kept = bytearray()
+        self.dropped = 0
+        os.set_blocking(fd, False)
+
+    def read(self):
+        """Read what is there; False at end-of-file."""
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            room = OUTPUT_BYTES - len(self.kept)
+            if room > 0:
+                self.kept += chunk[:room]
+            self.dropped += max(0, len(chunk) - max(room, 0))
+
+    def take(self):
+        text = bytes(self.kept).decode("utf-8", errors="replace")
+        dropped = self.dropped
+        self.kept, self.dropped = bytearray(), 0
+        return text, dropped
+
+
+class Interpreter:
+    """The supervisor's handle on one forked interpreter."""
+
+    def __init__(self):
+        req_r, req_w = os.pipe()
+        done_r, done_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the interpreter: nothing of the supervisor's channel comes along
+            try:
+                null = os.open(os.devnull, os.O_RDWR)
+                # Above every target first, so no dup2 overwrites a source still needed.
+                sources = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+                           for fd in (null, out_w, err_w, req_r, done_w)]
+                for target, source in enumerate(sources):
+                    os.dup2(source, target)
+                os.closerange(5, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+                for sig in signal.valid_signals():  # undo the supervisor's SIG_IGN
+                    if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                        try:
+                            signal.signal(sig, signal.SIG_DFL)
+                        except (OSError, ValueError):
+                            pass
+                # As in any Python: SIGINT raises KeyboardInterrupt, a broken pipe and the
+                # file-size limit raise OSError instead of killing the process.
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                for name, value in CFG.get("rlimits", {}).items():
+                    resource.setrlimit(getattr(resource, name), (value, value))
+                interpreter_main(3, 4)
+            finally:
+                os._exit(70)
+        for fd in (req_r, done_w, out_w, err_w):
+            os.close(fd)
+        self.pid = pid
+        self.req_w = req_w
+        self.done_r = done_r
+        self.out = Capture(out_r)
+        self.err = Capture(err_r)
+        self.exit_code = None  # set once reaped
+        self.signal = None
+        self.cells = 0
+
+    def alive(self):
+        return self.exit_code is None
+
+    def kill(self):
+        if self.exit_code is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def reap(self):
+        """Wait for the (killed or exited) interpreter; its exit status."""
+        if self.exit_code is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                self.exit_code, self.signal = exit_status(status)
+            except ChildProcessError:
+                self.exit_code = -1
+        return self.exit_code
+
+    def close(self):
+        self.kill()
+        self.reap()
+        for fd in (self.req_w, self.done_r, self.out.fd, self.err.fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def other_processes(keep):
+    """Processes to kill between cells: everything else in a private pid namespace, or
     the members of our session otherwise. Zombies are skipped (they hold nothing)."""
-    me, sid, found = os.getpid(), _my_sid(), []
+    sid, found = os.getsid(0), []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         pid = int(entry)
-        if pid in (me, 1):
+        if pid in keep or pid == 1:
             continue
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
@@ -140,231 +373,213 @@ def _strays():
     return found
 
 
-def _kill_strays():
-    killed = set()
+def kill_others(keep):
     for _ in range(100):
-        victims = _strays()
+        victims = other_processes(keep)
         if not victims:
-            break
+            return
         for pid in victims:
             try:
                 os.kill(pid, signal.SIGKILL)
-                killed.add(pid)
             except OSError:
                 pass
-        _reap()
-    for pid in killed:  # our own children: wait for them, so no zombie is left
-        try:
-            os.waitpid(pid, 0)
-        except (ChildProcessError, OSError):
-            pass
-    _reap()
+        time.sleep(0.001)
 
 
-def _reap():
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-class Server:
+class Supervisor:
     def __init__(self):
-        self.proto_in = os.fdopen(os.dup(0), "rb")
-        self.proto_out = os.dup(1)
-        self.null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(self.null, fd)
-        for name, value in CFG.get("rlimits", {}).items():
-            resource.setrlimit(getattr(resource, name), (value, value))
-        threading.stack_size(512 * 1024)  # threads count against the memory limit
+        self.req = os.fdopen(int(CFG["req_fd"]), "rb")
+        self.rep = int(CFG["rep_fd"])
+        self.worker = None
         os.makedirs(SCRATCH, exist_ok=True)
         os.chdir(SCRATCH)
-        sys.path.insert(0, SCRATCH)
-        self.cells = 0
-        self.fresh_namespace()
-
-    def fresh_namespace(self):
-        self.ns = {"__name__": "__main__", "__builtins__": builtins}
 
     def send(self, obj):
-        line = TOKEN + " " + json.dumps(obj, ensure_ascii=False) + "\n"
-        _write_all(self.proto_out, line.encode("utf-8", errors="replace"))
+        _write_all(self.rep, (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8", "replace"))
 
-    # ------------------------------------------------------------------ ops
     def serve(self):
         self.send({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]})
         while True:
-            line = self.proto_in.readline()
+            line = self.req.readline()
             if not line:
                 return
+            reply = {}
             try:
                 req = json.loads(line)
-                op = req.get("op")
-                if op == "run":
-                    reply = self.run_cell(req)
-                elif op == "reset":
-                    reply = self.reset()
-                elif op == "exit":
+                reply["id"] = req.get("id")
+                if req.get("op") == "exit":
                     return
-                else:
-                    reply = {"status": "infra_error", "message": f"unknown op {op!r}"}
-            except _Interrupt:
-                reply = {"status": "timeout", "message": "time limit reached"}
-            except BaseException as exc:  # the server must answer, whatever happened
-                reply = {"status": "infra_error",
-                         "message": f"session server error: {type(exc).__name__}: {exc}"}
+                if req.get("op") != "run":
+                    raise ValueError("unknown op {!r}".format(req.get("op")))
+                reply.update(self.run(req))
+            except BaseException as exc:  # the supervisor's own fault: an infra error
+                reply.update({"status": "infra_error", "exit_code": None, "stdout": "",
+                              "stderr": "", "truncated": False, "restarted": False,
+                              "message": f"session supervisor error: {type(exc).__name__}: {exc}"})
             self.send(reply)
 
-    def reset(self):
-        _kill_strays()
-        self.fresh_namespace()
-        for root in (SCRATCH, TMP):
-            if not root or not os.path.isdir(root):
-                continue
-            for name in os.listdir(root):
-                path = os.path.join(root, name)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    try:
-                        os.unlink(path)
-                    except OSError:
-                        pass
-        for name, module in list(sys.modules.items()):
-            path = getattr(module, "__file__", None) or ""
-            if path.startswith(SCRATCH) or (TMP and path.startswith(TMP)):
-                del sys.modules[name]
-        os.chdir(SCRATCH)
-        return {"ok": True}
-
-    def write_files(self, files):
-        for name, b64 in (files or {}).items():
-            path = os.path.join(SCRATCH, name)
-            parent = os.path.dirname(path)
-            if parent:
-                os.makedirs(parent, exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(base64.b64decode(b64))
-
-    def run_cell(self, req):
-        self.cells += 1
-        filename = f"<cell {self.cells}>"
-        try:
-            self.write_files(req.get("files"))
-        except OSError as exc:
-            return {"status": "runtime_error", "exit_code": 1, "stdout": "", "stderr": "",
-                    "truncated": False, "message": f"could not write files: {exc}"}
-        r_out, w_out = os.pipe()
-        r_err, w_err = os.pipe()
-        readers = [_Reader(r_out), _Reader(r_err)]
-        for reader in readers:
-            reader.start()
-        os.dup2(w_out, 1)
-        os.dup2(w_err, 2)
-        os.close(w_out)
-        os.close(w_err)
-        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-        status, exit_code, message = "ok", 0, ""
-        try:
-            signal.signal(signal.SIGALRM, _on_alarm)
-            signal.signal(signal.SIGXCPU, _on_xcpu)
+    def run(self, req):
+        restarted_before = False
+        if self.worker is None or not self.worker.alive():
+            if self.worker is not None:
+                self.worker.close()
+            restarted_before = self.worker is not None
+            self.worker = Interpreter()
+        w = self.worker
+        w.cells += 1
+        timeout_s, cpu_s = float(req["timeout_s"]), float(req["cpu_s"])
+        cpu0 = cpu_seconds(w.pid) or 0.0
+        cpu_soft = int(math.ceil(cpu0 + cpu_s))
+        try:  # the hard limit stays infinite so later cells can raise the soft one
+            resource.prlimit(w.pid, resource.RLIMIT_CPU, (cpu_soft, resource.RLIM_INFINITY))
+        except OSError:
+            pass  # the cell lowered its own hard limit: its later cells get less CPU
+        payload = (json.dumps({"n": w.cells, "code": req["code"],
+                               "files": req.get("files") or {}}) + "\n").encode()
+        done, how = self.drive(w, payload, w.cells, timeout_s, cpu_soft)
+        w.out.read()
+        w.err.read()
+        if w.alive():
             try:
-                _set_cpu_soft(float(req["cpu_s"]))
-                signal.setitimer(signal.ITIMER_REAL, float(req["timeout_s"]))
-                self.execute(req["code"], filename)
-            finally:
-                _disarm()
-        except _WallTimeout:
-            status, exit_code = "timeout", None
-            message = "wall time limit of {:g}s exceeded; the cell was interrupted".format(req["timeout_s"])
-            self.print_exc("TimeoutError: " + message)
-        except _CpuTimeout:
-            status, exit_code = "timeout", None
-            message = "CPU time limit of {:g}s exceeded; the cell was interrupted".format(req["cpu_s"])
-            self.print_exc("TimeoutError: " + message)
-        except MemoryError as exc:
-            status, exit_code, message = "memory", 1, "memory limit exceeded"
-            self.print_user_traceback(exc, filename)
-        except SystemExit as exc:
-            code = exc.code
-            if code is None or code == 0:
-                exit_code = 0
-            elif isinstance(code, int):
-                exit_code = code
-            else:
-                exit_code = 1
-                self.print_exc(str(code))
-            if exit_code != 0:
-                status, message = "runtime_error", f"exited with status {exit_code}"
-        except BaseException as exc:
-            status, exit_code = "runtime_error", 1
-            message = f"{type(exc).__name__} raised"
-            self.print_user_traceback(exc, filename)
-        finally:
-            for _ in range(3):  # a late signal may land here; disarm until it holds
-                try:
-                    _disarm()
-                    break
-                except _Interrupt:
-                    continue
-            for stream in (sys.__stdout__, sys.__stderr__):
-                try:
-                    stream.flush()
-                except BaseException:
-                    pass
-            os.dup2(self.null, 1)
-            os.dup2(self.null, 2)
-        _kill_strays()  # background processes would hold the pipes open
-        for reader in readers:
-            reader.join(2.0)
-        out, err = readers[0], readers[1]
-        return {
-            "status": status,
-            "exit_code": exit_code,
-            "stdout": bytes(out.kept).decode("utf-8", errors="replace"),
-            "stderr": bytes(err.kept).decode("utf-8", errors="replace"),
-            "truncated": bool(out.dropped or err.dropped),
-            "message": message,
-        }
+                os.kill(w.pid, signal.SIGSTOP)  # idle until the next cell, threads included
+            except OSError:
+                pass
+        kill_others({os.getpid(), w.pid})
+        stdout, dropped_out = w.out.take()
+        stderr, dropped_err = w.err.take()
+        result = self.status(w, done, how, timeout_s, cpu_s, cpu_soft)
+        result.update(stdout=stdout, stderr=stderr, truncated=bool(dropped_out or dropped_err))
+        if restarted_before:
+            result["message"] = ("(the interpreter was restarted before this cell; earlier "
+                                 "variables are lost) " + result["message"])
+        return result
 
-    def execute(self, code, filename):
-        """Run a cell like a notebook: the value of a final expression is printed."""
-        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-        tree = ast.parse(code, filename, "exec")
-        last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = ast.Expression(tree.body.pop().value)
-        exec(compile(tree, filename, "exec"), self.ns)
-        if last is not None:
-            value = eval(compile(last, filename, "eval"), self.ns)
-            if value is not None:
-                print(repr(value))
-
-    def print_exc(self, text):
+    def drive(self, w, payload, n, timeout_s, cpu_soft):
+        """Send the cell and follow it to its end: ``(done message or None, how)`` where
+        how is "done", "died", "wall" (interrupted, then done or killed) or "cpu"."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
+        kill_at = None
+        how = "done"
         try:
-            sys.__stderr__.write(text + "\n")
-        except BaseException:
+            os.kill(w.pid, signal.SIGCONT)
+        except OSError:
             pass
+        os.set_blocking(w.req_w, False)
+        pending = memoryview(payload)
+        done_buf = b""
+        while True:
+            now = time.monotonic()
+            if kill_at is None and now >= deadline:
+                how = "wall"
+                try:
+                    os.kill(w.pid, signal.SIGALRM)
+                except OSError:
+                    pass
+                kill_at = now + GRACE_S
+            if kill_at is not None and now >= kill_at:
+                w.kill()
+                w.reap()
+                return None, how
+            cpu = cpu_seconds(w.pid)
+            if cpu is not None and cpu >= cpu_soft + GRACE_S:  # it ignored SIGXCPU
+                w.kill()
+                w.reap()
+                return None, "cpu"
+            wait = (kill_at if kill_at is not None else deadline) - now
+            reads = [w.out.fd, w.err.fd, w.done_r]
+            writes = [w.req_w] if pending else []
+            try:
+                readable, writable, _ = select.select(reads, writes, [], max(0.0, min(wait, 0.1)))
+            except InterruptedError:
+                continue
+            if writable:
+                try:
+                    pending = pending[os.write(w.req_w, pending):]
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    pending = pending[:0]  # it died; the done pipe says so next
+            if w.out.fd in readable:
+                w.out.read()
+            if w.err.fd in readable:
+                w.err.read()
+            if w.done_r in readable:
+                try:
+                    chunk = os.read(w.done_r, 65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:  # the interpreter died
+                    w.reap()
+                    return None, "died" if how == "done" else how
+                done_buf += chunk
+                while b"\n" in done_buf:  # answers for another cell number are ignored
+                    line, done_buf = done_buf.split(b"\n", 1)
+                    try:
+                        message = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(message, dict) and message.get("n") == n:
+                        return message, how
 
-    def print_user_traceback(self, exc, filename):
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename != filename:
-            tb = tb.tb_next  # hide the server's own frames
-        try:
-            if isinstance(exc, SyntaxError):
-                lines = traceback.format_exception_only(type(exc), exc)
-            else:
-                lines = traceback.format_exception(type(exc), exc, tb)
-            sys.__stderr__.write("".join(lines))
-        except BaseException:
-            self.print_exc(f"{type(exc).__name__}: {exc}")
-        finally:
-            exc.__traceback__ = None
+    def status(self, w, done, how, timeout_s, cpu_s, cpu_soft):
+        cpu = cpu_seconds(w.pid) if w.alive() else None
+        cpu_exceeded = how == "cpu" or (cpu is not None
+                                        and cpu >= cpu_soft - cpu_tolerance(cpu_s))
+        lost = not w.alive()
+        tail = "; the interpreter was killed and restarts with a fresh state" if lost else ""
+        if how == "wall":
+            return {"status": "timeout", "exit_code": None, "restarted": lost, "message":
+                    f"wall time limit of {timeout_s:g}s exceeded; the cell was interrupted{tail}"}
+        if cpu_exceeded:
+            return {"status": "timeout", "exit_code": None, "restarted": lost, "message":
+                    f"CPU time limit of {cpu_s:g}s exceeded; the cell was interrupted{tail}"}
+        if lost:
+            how_it_ended = (f"was killed by signal {w.signal}" if w.signal is not None
+                            else f"exited with status {w.exit_code}")
+            return {"status": "runtime_error", "exit_code": w.exit_code, "restarted": True,
+                    "message": f"the interpreter {how_it_ended}; it restarts with a fresh state "
+                               "on the next call (files in the scratch directory are kept)"}
+        outcome = done.get("outcome")
+        exit_code = done.get("exit_code")
+        if not isinstance(exit_code, int) or isinstance(exit_code, bool):
+            exit_code = 1
+        message = str(done.get("message", ""))[:500]
+        if outcome == "interrupted":  # not by a limit the supervisor saw
+            message = "the cell was interrupted, but by no limit"
+        if outcome == "ok":
+            return {"status": "ok", "exit_code": 0, "restarted": False, "message": ""}
+        if outcome == "memory":
+            return {"status": "memory", "exit_code": 1, "restarted": False,
+                    "message": "memory limit exceeded"}
+        return {"status": "runtime_error", "exit_code": exit_code, "restarted": False,
+                "message": message or "the cell failed"}
+
+    def shutdown(self):
+        if self.worker is not None:
+            self.worker.close()
+        kill_others({os.getpid()})
+
+
+def main():
+    try:
+        make_non_dumpable()
+    except Exception as exc:
+        sys.stderr.write(f"turnrl session: cannot protect the supervisor: {exc}\n")
+        os._exit(3)
+    for sig in signal.valid_signals():  # only SIGKILL and SIGSTOP can stop the supervisor
+        if sig not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+            try:
+                signal.signal(sig, signal.SIG_IGN)
+            except (OSError, ValueError):
+                pass
+    supervisor = Supervisor()
+    try:
+        supervisor.serve()
+    finally:
+        supervisor.shutdown()
+        os._exit(0)
 
 
 if __name__ == "__main__":
-    Server().serve()
+    main()

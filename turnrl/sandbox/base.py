@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ExecResult", "Limits", "Sandbox", "SandboxUnavailable", "Status", "STATUSES", "LANGUAGES",
-    "check_files", "check_language", "check_timeout", "classify",
+    "check_files", "check_language", "check_timeout", "classify", "reject_nul", "PROTECTIONS",
 ]
 
 Status = Literal["ok", "timeout", "memory", "runtime_error", "infra_error"]
@@ -50,6 +50,23 @@ LANGUAGES: dict[str, str] = {"python": "main.py", "bash": "main.sh"}
 CODE_DIR = "/run/turnrl"
 #: The writable scratch directory: working directory and ``$HOME``.
 SCRATCH_DIR = "/home/sandbox"
+
+
+#: Protections a backend may enforce; ``Sandbox.protections`` names those an instance does
+#: (``make_sandbox`` logs them). A backend that lacks one says so in its docstring.
+PROTECTIONS: dict[str, str] = {
+    "isolation": "own mount, pid, network, ipc and uts namespaces (or a container): no host "
+                 "files, processes or network",
+    "trusted_status": "timeouts and infra errors come from what the host or a monitor the "
+                      "program cannot reach observed, never from the program's exit status",
+    "private_channel": "session results and run()'s secret input travel on file descriptors "
+                       "the sandboxed code cannot reach",
+    "seccomp": "a seccomp filter refuses namespace creation, mounts, ptrace, bpf, keyctl, "
+               "perf_event_open, io_uring, and memory that escapes the address-space limit "
+               "(memfd_create, SysV shared memory and message queues, POSIX queues)",
+    "no_nested_userns": "no user namespace can be created inside the sandbox",
+    "cgroup_limits": "memory and processes are limited for the sandbox as a whole (cgroups)",
+}
 
 
 class SandboxUnavailable(TurnRLError, RuntimeError):
@@ -180,6 +197,9 @@ class Sandbox(abc.ABC):
 
     #: Backend name used by :func:`make_sandbox`.
     name: ClassVar[str] = ""
+    #: The :data:`PROTECTIONS` this sandbox enforces (set by each backend, per instance
+    #: where it depends on the machine).
+    protections: frozenset[str] = frozenset()
 
     def __init__(self, limits: Limits | None = None) -> None:
         if limits is not None and not isinstance(limits, Limits):
@@ -200,15 +220,23 @@ class Sandbox(abc.ABC):
         timeout_s: float | None = None,
         stdin: str | bytes | None = None,
         files: Mapping[str, str | bytes] | None = None,
+        secret: bytes | None = None,
     ) -> ExecResult:
         """Run ``code`` once in a fresh sandbox.
 
         Args:
-            code: the program's source.
+            code: the program's source. Source with a NUL byte is not run: the result is a
+                ``runtime_error``, as for a syntax error.
             language: one of :data:`LANGUAGES` (``"python"``, ``"bash"``).
             timeout_s: wall-clock limit for this run; default ``limits.wall_time_s``.
             stdin: bytes (or text, UTF-8 encoded) fed to the program's standard input.
+                Other processes in the sandbox can read it too; it is not a secret.
             files: extra files placed in the scratch directory first, by relative path.
+            secret: bytes the program reads from file descriptor 3 (a memory file at
+                offset 0). Only the program's first process gets it, so a harness that
+                keeps fd 3 from the code it runs keeps the secret from that code (the
+                CodeRepair judge keeps its tests this way). Needs the
+                ``"private_channel"`` protection to mean anything.
 
         Returns:
             An :class:`ExecResult`; never raises for anything the code does.
@@ -240,11 +268,14 @@ class Sandbox(abc.ABC):
     def _check_run_args(
         self, code: str, language: str, timeout_s: float | None,
         files: Mapping[str, str | bytes] | None, stdin: str | bytes | None,
+        secret: bytes | None = None,
     ) -> tuple[str, float, dict[str, bytes], bytes]:
         """Validate :meth:`run`'s arguments: ``(program file name, timeout, files as
         bytes, stdin as bytes)``; a bad one raises :class:`ConfigError`."""
         if not isinstance(code, str):
             raise ConfigError(f"code must be a str, got {type(code).__name__}")
+        if secret is not None and not isinstance(secret, (bytes, bytearray)):
+            raise ConfigError(f"secret must be bytes or None, got {type(secret).__name__}")
         return (check_language(language), self._timeout(timeout_s), check_files(files),
                 encode_stdin(stdin))
 
@@ -317,27 +348,46 @@ def classify(
     exit_code: int | None,
     stderr: str,
     *,
+    killed_by: int | None = None,
     timed_out: bool = False,
     timeout_s: float = 0.0,
+    cpu_exceeded: bool = False,
     cpu_limit_s: float = 0.0,
 ) -> tuple[Status, str]:
     """Map how a program ended to ``(status, message)``.
 
-    ``exit_code`` follows the shell convention: ``128 + N`` for death by signal N.
+    ``exit_code`` follows the shell convention (``128 + N`` for death by signal N);
+    ``killed_by`` is the signal when the caller knows the program died of one, since an
+    exit status of 152 alone could be either. The two limits come as flags from what the
+    *host* observed (its clock; the CPU time a trusted monitor read), never from the exit
+    status: a program can exit with 152 or send itself SIGXCPU, and that is a
+    ``runtime_error``.
     """
     if timed_out:
         return "timeout", f"wall time limit of {timeout_s:g} s exceeded; the program was killed"
+    if cpu_exceeded:
+        return "timeout", f"CPU time limit of {cpu_limit_s:g} s exceeded; the program was killed"
     if exit_code is None:
         return "infra_error", "the sandbox reported no exit status"
     if exit_code == 0:
         return "ok", ""
     tail = stderr[-2000:]
-    if exit_code == 128 + 24:  # SIGXCPU: the CPU rlimit
-        return "timeout", f"CPU time limit of {cpu_limit_s:g} s exceeded; the program was killed"
     if any(marker in tail for marker in _MEMORY_MARKERS):
         return "memory", "memory limit exceeded"
-    if exit_code == 128 + 25:  # SIGXFSZ
+    if killed_by == 25:  # SIGXFSZ
         return "runtime_error", "file size limit exceeded"
-    if exit_code > 128:
-        return "runtime_error", f"killed by signal {exit_code - 128}"
+    if killed_by is not None:
+        return "runtime_error", f"killed by signal {killed_by}"
     return "runtime_error", f"exited with status {exit_code}"
+
+
+def reject_nul(code: str) -> ExecResult | None:
+    """The result for source code containing a NUL byte, which no interpreter the sandbox
+    runs accepts (Python 3.11 would silently drop everything after it): a
+    ``runtime_error``, as a syntax error would be. ``None`` for valid code."""
+    if "\x00" not in code:
+        return None
+    line = code.count("\n", 0, code.index("\x00")) + 1
+    return ExecResult("", f"SyntaxError: source code cannot contain null bytes (line {line})\n",
+                      1, "runtime_error", False, 0.0,
+                      "the code contains a NUL byte; it was not run")

@@ -13,30 +13,50 @@ Every :meth:`BubblewrapSandbox.run` starts ``bwrap`` with
 * the program running as an unprivileged uid (65534 by default). When turnrl runs as
   root, bwrap itself is started as that uid, because the kernel ignores
   ``RLIMIT_NPROC`` for root -- a fork bomb would otherwise be limited by nothing;
-* rlimits for CPU time, address space, processes, file size and open files, set by a
-  tiny launcher inside the sandbox (cgroups are not available to unprivileged users).
+* a seccomp filter (``turnrl.sandbox._seccomp``) and ``--disable-userns`` where this
+  bwrap and kernel support them: no nested namespaces (``unshare -Ur`` fails), no mount,
+  ptrace, bpf, keyctl, perf_event_open or io_uring, and no ``memfd_create`` or SysV/POSIX
+  shared memory, which would hold memory outside the address-space limit;
+* a trusted monitor as the sandbox's first program (``turnrl.sandbox._proc.MONITOR``):
+  it sets the rlimits (cgroups are not available to unprivileged users), runs the program
+  as its child and reports how it ended on a pipe the program never holds. The host
+  enforces the wall-clock limit and the output caps, so the status -- above all
+  ``timeout`` and ``infra_error`` -- comes from what the host and the monitor saw, never
+  from the program's exit status.
 
-The host enforces the wall-clock limit and the output caps, so nothing the program does
-can stop the caller from getting its result.
+Every bwrap is started by the spawner (``turnrl.sandbox._spawner``), a small process that
+kills every sandbox of this process when this process ends, however it ends, including a
+``kill -9`` while a bwrap is still starting.
+
+What is enforced on this machine is in :attr:`BubblewrapSandbox.protections` (and logged);
+a bwrap older than 0.8 has no ``--disable-userns`` (the seccomp filter still refuses
+nested user namespaces), and an architecture other than x86-64 or aarch64 gets no filter.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import shutil
+import subprocess
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 from turnrl.errors import ConfigError
+from turnrl.sandbox import _seccomp
 from turnrl.sandbox._proc import (
-    LAUNCH_FAILED,
+    Captured,
     decode,
-    launcher_argv,
+    judge,
     memfd,
+    monitor_argv,
+    read_report,
     run_captured,
-    spawn_long_lived,
 )
+from turnrl.sandbox._spawner import Spawned, spawner_for
 from turnrl.sandbox.base import (
     CODE_DIR,
     SCRATCH_DIR,
@@ -44,11 +64,13 @@ from turnrl.sandbox.base import (
     Limits,
     Sandbox,
     SandboxUnavailable,
-    classify,
+    reject_nul,
 )
-from turnrl.sandbox.session import SERVER_SOURCE, Session, SubprocessChannel
+from turnrl.sandbox.session import SERVER_SOURCE, PipeChannel, Session, session_config
 
 __all__ = ["BubblewrapSandbox"]
+
+logger = logging.getLogger(__name__)
 
 _SYSTEM_DIRS = ("bin", "sbin", "lib", "lib64", "lib32", "libx32")
 #: Read-only /etc entries programs commonly need; nothing secret.
@@ -72,6 +94,44 @@ def _sandbox_env() -> dict[str, str]:
     }
 
 
+@functools.lru_cache(maxsize=8)
+def bwrap_options(bwrap: str) -> frozenset[str]:
+    """The command-line options this ``bwrap`` knows (from ``bwrap --help``)."""
+    try:
+        out = subprocess.run([bwrap, "--help"], capture_output=True, timeout=10, text=True)
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset(word for line in (out.stdout + out.stderr).splitlines()
+                     for word in line.split()[:1] if word.startswith("--"))
+
+
+class _Fds:
+    """Host fds handed to bwrap (fd 0, 1, 2 of the spawn come first, then these as 3, 4,
+    ...) and the host fds to close once bwrap has started or failed to."""
+
+    def __init__(self) -> None:
+        self.extra: list[int] = []
+        self.owned: list[int] = []
+
+    def add(self, fd: int) -> int:
+        """Pass ``fd``; returns the number it has in bwrap."""
+        self.extra.append(fd)
+        return 2 + len(self.extra)
+
+    def own(self, fd: int) -> int:
+        """Close ``fd`` in :meth:`close`; returns it."""
+        self.owned.append(fd)
+        return fd
+
+    def close(self) -> None:
+        for fd in self.owned:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.owned.clear()
+
+
 class BubblewrapSandbox(Sandbox):
     """Sandbox on ``bwrap`` (Debian/Ubuntu package ``bubblewrap``).
 
@@ -84,6 +144,8 @@ class BubblewrapSandbox(Sandbox):
             started as when turnrl runs as root).
         ro_binds: extra host paths mounted read-only at the same place (e.g. a
             directory of packages), as ``{host_path: sandbox_path}``.
+        seccomp: apply the seccomp filter and ``--disable-userns`` where supported
+            (``False`` only to compare; the sandbox is weaker without them).
 
     Raises:
         SandboxUnavailable: no ``bwrap``, no interpreter, or the kernel refuses the
@@ -91,7 +153,7 @@ class BubblewrapSandbox(Sandbox):
     """
 
     name = "bubblewrap"
-    _probe_cache: dict[tuple, tuple[bool, str]] = {}
+    _probe_cache: dict[tuple, tuple[bool, str, frozenset[str]]] = {}
     _probe_lock = threading.Lock()
 
     def __init__(
@@ -102,6 +164,7 @@ class BubblewrapSandbox(Sandbox):
         bwrap: str | None = None,
         uid: int = _NOBODY,
         ro_binds: Mapping[str, str] | None = None,
+        seccomp: bool = True,
     ) -> None:
         super().__init__(limits)
         self.bwrap = bwrap or shutil.which("bwrap") or ""
@@ -113,9 +176,14 @@ class BubblewrapSandbox(Sandbox):
         for src, dest in self.ro_binds.items():
             if not os.path.isabs(src) or not os.path.isabs(dest):
                 raise ConfigError(f"ro_binds needs absolute paths, got {src!r} -> {dest!r}")
-        ok, reason = self._probe()
+        self._hardening: frozenset[str] = frozenset()
+        ok, reason, hardening = self._probe(bool(seccomp))
         if not ok:
             raise SandboxUnavailable(f"the bubblewrap sandbox cannot run here: {reason}")
+        self._hardening = hardening
+        self.protections = frozenset({"isolation", "trusted_status", "private_channel"}
+                                     | hardening
+                                     | ({"no_nested_userns"} if "seccomp" in hardening else set()))
 
     # ------------------------------------------------------------------ availability
     @classmethod
@@ -126,42 +194,60 @@ class BubblewrapSandbox(Sandbox):
             return False, str(exc)
         return True, ""
 
-    def _probe(self) -> tuple[bool, str]:
+    def _probe(self, want_hardening: bool) -> tuple[bool, str, frozenset[str]]:
+        """Can bwrap run here, and with which of seccomp / no_nested_userns? Tried once
+        per configuration, strongest first."""
         if not self.bwrap or not os.access(self.bwrap, os.X_OK):
             return False, ("`bwrap` not found; install it (Debian/Ubuntu: "
-                           "`apt-get install bubblewrap`) or pass bwrap='/path/to/bwrap'")
+                           "`apt-get install bubblewrap`) or pass bwrap='/path/to/bwrap'"), frozenset()
         if not os.access(self.python, os.X_OK):
-            return False, f"no Python interpreter at {self.python!r}; pass python='...'"
-        key = (self.bwrap, self.python, self.uid, tuple(sorted(self.ro_binds.items())))
+            return False, f"no Python interpreter at {self.python!r}; pass python='...'", frozenset()
+        key = (self.bwrap, self.python, self.uid, tuple(sorted(self.ro_binds.items())),
+               want_hardening)
         with self._probe_lock:
-            if key not in self._probe_cache:
-                argv = [self.bwrap, *self._bwrap_args(Limits()), "--", self.python, "-I", "-S",
-                        "-c", "print('ok')"]
-                cap = run_captured(argv, timeout_s=20.0, output_bytes=4096, cwd="/",
-                                   env={"PATH": "/usr/bin:/bin"}, **self._host_user())
-                if cap.stdout.strip() == b"ok":
-                    self._probe_cache[key] = (True, "")
-                else:
-                    why = cap.spawn_error or decode(cap.stderr).strip() or f"exit status {cap.returncode}"
-                    self._probe_cache[key] = (False, f"a test run of bwrap failed ({why}); user "
-                                              "namespaces may be disabled (sysctl "
-                                              "kernel.unprivileged_userns_clone)")
+            if key in self._probe_cache:
+                return self._probe_cache[key]
+            options = bwrap_options(self.bwrap)
+            wanted = set()
+            if want_hardening and "--disable-userns" in options:
+                wanted.add("no_nested_userns")
+            if want_hardening and "--seccomp" in options and _seccomp.compile_filter():
+                wanted.add("seccomp")
+            tries = [frozenset(wanted), frozenset(wanted - {"no_nested_userns"}), frozenset()]
+            failures = []
+            for hardening in dict.fromkeys(tries):
+                self._hardening = hardening
+                result = self.run("print('ok')", timeout_s=20.0)
+                if result.ok and result.stdout.strip() == "ok":
+                    missing = {"seccomp", "no_nested_userns"} - hardening if want_hardening else set()
+                    if missing:
+                        logger.warning("turnrl bubblewrap sandbox: not enforced here: %s (%s)",
+                                       ", ".join(sorted(missing)),
+                                       "; ".join(failures) or _why_missing(missing, options))
+                    self._probe_cache[key] = (True, "", hardening)
+                    return self._probe_cache[key]
+                failures.append(f"with {sorted(hardening) or 'no hardening'}: "
+                                f"{result.message or result.stderr.strip()[-300:]}")
+            self._probe_cache[key] = (False, "a test run of bwrap failed (" + "; ".join(failures)
+                                      + "); user namespaces may be disabled (sysctl "
+                                      "kernel.unprivileged_userns_clone)", frozenset())
             return self._probe_cache[key]
 
     # ------------------------------------------------------------------ command line
-    def _host_user(self) -> dict[str, int | None]:
+    def _spawner_user(self) -> int | None:
         """Run bwrap as the unprivileged uid when we are root (see module docstring)."""
-        if os.geteuid() == 0:
-            return {"user": self.uid, "group": self.uid}
-        return {}
+        return self.uid if os.geteuid() == 0 else None
 
-    def _bwrap_args(self, limits: Limits) -> list[str]:
+    def _bwrap_args(self, limits: Limits, fds: _Fds) -> list[str]:
         scratch_bytes = str(int(limits.scratch_mb) * 1024 * 1024)
-        args = [
-            "--unshare-all", "--die-with-parent", "--new-session",
-            "--uid", str(self.uid), "--gid", str(self.uid), "--hostname", "sandbox",
-            "--ro-bind", "/usr", "/usr",
-        ]
+        # No --new-session: the spawner already starts bwrap in a session of its own
+        # (no controlling terminal), and the sandbox's pid 1 must stay in bwrap's process
+        # group so that one killpg ends the sandbox at any point of its start-up.
+        args = ["--unshare-all", "--die-with-parent"]
+        if "no_nested_userns" in self._hardening:
+            args += ["--unshare-user", "--disable-userns"]
+        args += ["--uid", str(self.uid), "--gid", str(self.uid), "--hostname", "sandbox",
+                 "--ro-bind", "/usr", "/usr"]
         for name in _SYSTEM_DIRS:
             path = "/" + name
             if os.path.islink(path):
@@ -184,6 +270,10 @@ class BubblewrapSandbox(Sandbox):
         ]
         for key, value in _sandbox_env().items():
             args += ["--setenv", key, value]
+        if "seccomp" in self._hardening:
+            program = _seccomp.compile_filter()
+            assert program is not None
+            args += ["--seccomp", str(fds.add(fds.own(memfd("seccomp", program))))]
         return args
 
     @staticmethod
@@ -200,19 +290,27 @@ class BubblewrapSandbox(Sandbox):
         timeout_s: float | None = None,
         stdin: str | bytes | None = None,
         files: Mapping[str, str | bytes] | None = None,
+        secret: bytes | None = None,
     ) -> ExecResult:
         program_file, timeout, files_bytes, stdin_bytes = self._check_run_args(
-            code, language, timeout_s, files, stdin)
+            code, language, timeout_s, files, stdin, secret)
+        rejected = reject_nul(code)
+        if rejected is not None:
+            return rejected
         limits = self.limits
-        fds: list[int] = []
-        status_r = status_w = -1
+        fds = _Fds()
+        spawned: list[Spawned] = []
         try:
             try:
-                args = self._bwrap_args(limits)
-                code_fd = memfd("code", code.encode("utf-8", errors="surrogateescape"))
-                fds.append(code_fd)
+                report_r, report_w = (fds.own(fd) for fd in os.pipe())
+                fds.add(report_w)  # fd 3: the monitor's report, see monitor_argv below
+                secret_fd = None
+                if secret is not None:
+                    secret_fd = fds.add(fds.own(memfd("secret", bytes(secret))))
+                args = self._bwrap_args(limits, fds)
+                code_fd = fds.own(memfd("code", code.encode("utf-8", errors="surrogateescape")))
                 code_path = f"{CODE_DIR}/{program_file}"
-                args += ["--perms", "0444", "--ro-bind-data", str(code_fd), code_path]
+                args += ["--perms", "0444", "--ro-bind-data", str(fds.add(code_fd)), code_path]
                 made_dirs: set[str] = set()
                 for name, data in files_bytes.items():
                     parts = name.split("/")[:-1]
@@ -221,72 +319,95 @@ class BubblewrapSandbox(Sandbox):
                         if sub not in made_dirs:
                             made_dirs.add(sub)
                             args += ["--dir", f"{SCRATCH_DIR}/{sub}"]
-                    fd = memfd("file", data)
-                    fds.append(fd)
-                    args += ["--perms", "0644", "--file", str(fd), f"{SCRATCH_DIR}/{name}"]
-                stdin_fd = memfd("stdin", stdin_bytes)
-                fds.append(stdin_fd)
-                status_r, status_w = os.pipe()
-                args += self._seal() + ["--json-status-fd", str(status_w)]
+                    file_fd = fds.own(memfd("file", data))
+                    args += ["--perms", "0644", "--file", str(fds.add(file_fd)),
+                             f"{SCRATCH_DIR}/{name}"]
+                status_r, status_w = (fds.own(fd) for fd in os.pipe())
+                args += self._seal() + ["--json-status-fd", str(fds.add(status_w))]
+                stdin_fd = fds.own(memfd("stdin", stdin_bytes))
+                spawner = spawner_for(self.python, self._spawner_user())
             except OSError as exc:
                 return ExecResult("", "", None, "infra_error", False, 0.0,
                                   f"could not prepare the sandbox: {exc}")
-            if language == "python":
-                program = [self.python, code_path]
-            else:
-                program = ["/bin/bash", code_path]
+            program = [self.python, code_path] if language == "python" else ["/bin/bash", code_path]
             cpu = min(float(limits.cpu_time_s), timeout)
             argv = [self.bwrap, *args, "--",
-                    *launcher_argv(self.python, limits.rlimits(cpu_time_s=cpu), program)]
-            cap = run_captured(
-                argv, timeout_s=timeout, output_bytes=limits.output_bytes, stdin_fd=stdin_fd,
-                pass_fds=[*fds, status_w], env={"PATH": "/usr/bin:/bin"}, cwd="/",
-                **self._host_user(),
-            )
-            os.close(status_w)
-            status_w = -1
+                    *monitor_argv(self.python, limits.rlimits(cpu_time_s=cpu), program,
+                                  report_fd=3, secret_fd=secret_fd)]
+
+            def start(out: int, err: int) -> Spawned:
+                spawned.append(spawner.spawn(argv, [stdin_fd, out, err, *fds.extra],
+                                             env={"PATH": "/usr/bin:/bin"}))
+                return spawned[-1]
+
+            cap = run_captured(start, timeout_s=timeout, output_bytes=limits.output_bytes)
             sandbox_status = _read_status(status_r)
+            report = read_report(report_r)
         finally:
-            for fd in (*fds, status_r, status_w):
-                if fd >= 0:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-        stdout, stderr = decode(cap.stdout), decode(cap.stderr)
+            fds.close()
+        return self._result(cap, spawned, sandbox_status, report, timeout, cpu)
+
+    @staticmethod
+    def _result(cap: Captured, spawned: list[Spawned], sandbox_status: dict, report: Any,
+                timeout: float, cpu: float) -> ExecResult:
         if cap.spawn_error:
             return ExecResult("", "", None, "infra_error", False, cap.duration_s,
                               f"could not start bwrap: {cap.spawn_error}")
+        if spawned and spawned[0].returncode is None and spawned[0].error:
+            return ExecResult("", "", None, "infra_error", False, cap.duration_s,
+                              f"the sandbox was lost: {spawned[0].error}")
         if "child-pid" not in sandbox_status and not cap.timed_out:
             return ExecResult("", "", None, "infra_error", False, cap.duration_s,
-                              f"bwrap failed to set up the sandbox: {stderr.strip()[-1000:]}")
-        exit_code = sandbox_status.get("exit-code", cap.returncode)
-        if exit_code == LAUNCH_FAILED and "turnrl-launch:" in stderr:
-            return ExecResult(stdout, stderr, None, "infra_error", cap.truncated, cap.duration_s,
-                              "the launcher could not apply the limits or start the program")
-        status, message = classify(exit_code, stderr, timed_out=cap.timed_out,
-                                   timeout_s=timeout, cpu_limit_s=cpu)
-        return ExecResult(stdout, stderr, exit_code, status, cap.truncated, cap.duration_s, message)
+                              f"bwrap failed to set up the sandbox: {decode(cap.stderr).strip()[-1000:]}")
+        return judge(cap, report, timeout_s=timeout, cpu_limit_s=cpu,
+                     fallback_exit_code=sandbox_status.get("exit-code", cap.returncode))
 
     # ------------------------------------------------------------------ session
     def session(self, *, limits: Limits | None = None) -> Session:
         limits = limits or self.limits
-        return Session(
-            lambda config: self._launch_server(limits, config), limits, backend=self.name,
-            config={"scratch": SCRATCH_DIR, "tmp": "/tmp", "private_pids": True},
-        )
+        config = session_config(limits, scratch=SCRATCH_DIR, private_pids=True)
+        return Session(lambda cfg: self._launch_server(limits, cfg), limits,
+                       backend=self.name, config=config)
 
-    def _launch_server(self, limits: Limits, config: str) -> SubprocessChannel:
-        import subprocess
+    def _launch_server(self, limits: Limits, config: dict[str, Any]) -> PipeChannel:
+        fds = _Fds()
+        kept: list[int] = []  # the host's ends, closed here only if the start fails
+        try:
+            req_r, req_w = os.pipe()
+            kept.append(req_w)
+            fds.add(fds.own(req_r))  # fd 3: requests in
+            rep_r, rep_w = os.pipe()
+            kept.append(rep_r)
+            fds.add(fds.own(rep_w))  # fd 4: answers out
+            diag_r, diag_w = os.pipe()
+            kept.append(diag_r)
+            fds.own(diag_w)
+            null = fds.own(os.open(os.devnull, os.O_RDONLY))
+            argv = [self.bwrap, *self._bwrap_args(limits, fds), *self._seal(), "--",
+                    self.python, "-I", "-c", SERVER_SOURCE,
+                    json.dumps({**config, "req_fd": 3, "rep_fd": 4})]
+            spawner = spawner_for(self.python, self._spawner_user())
+            child = spawner.spawn(argv, [null, diag_w, diag_w, *fds.extra],
+                                  env={"PATH": "/usr/bin:/bin"})
+        except BaseException:
+            for fd in kept:
+                os.close(fd)
+            raise
+        finally:
+            fds.close()
+        return PipeChannel(child, req_w=req_w, rep_r=rep_r, diag_r=diag_r,
+                           max_line_bytes=12 * limits.output_bytes + (1 << 20))
 
-        argv = [self.bwrap, *self._bwrap_args(limits), *self._seal(), "--",
-                self.python, "-I", "-c", SERVER_SOURCE, config]
-        proc = spawn_long_lived(lambda: subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={"PATH": "/usr/bin:/bin"}, cwd="/", start_new_session=True, close_fds=True,
-            **({"extra_groups": [], **self._host_user()} if self._host_user() else {}),
-        ))
-        return SubprocessChannel(proc, max_line_bytes=12 * limits.output_bytes + (1 << 20))
+
+def _why_missing(missing: set[str], options: frozenset[str]) -> str:
+    why = []
+    if "no_nested_userns" in missing and "--disable-userns" not in options:
+        why.append("this bwrap has no --disable-userns (bubblewrap >= 0.8 has)")
+    if "seccomp" in missing and _seccomp.compile_filter() is None:
+        why.append(f"no seccomp filter for the {os.uname().machine} architecture")
+    elif "seccomp" in missing and "--seccomp" not in options:
+        why.append("this bwrap has no --seccomp")
+    return "; ".join(why) or "turned off"
 
 
 def _default_python() -> str:

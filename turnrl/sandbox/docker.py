@@ -10,6 +10,19 @@ host reads the output over the attach stream and keeps only ``output_bytes`` of 
 The program's source, its files and its stdin are streamed in over the container's
 stdin to a tiny boot script (the root filesystem is read-only, so nothing is copied in).
 The image needs ``python3`` on ``PATH``; the default is ``python:3.12-slim``.
+
+What this backend does not give (its :attr:`protections` are ``isolation`` and
+``cgroup_limits``; the engine's default seccomp profile applies, turnrl adds none):
+
+* no trusted status: the container's exit status is all the host sees, so a CPU-time kill
+  (SIGXCPU) reads as ``runtime_error`` -- the program could have sent itself that signal;
+* no private session channel: the session supervisor talks over the container's stdio,
+  which the container's init also holds, so a cell can reach it through ``/proc/1/fd``.
+  A session here can forge its own results; train with rewards from bubblewrap;
+* ``secret`` is handed to the program on fd 3, but other processes of the container can
+  read it through ``/proc`` while the program runs.
+
+These tests need a Docker engine, which the CI machines lack; they skip there.
 """
 
 from __future__ import annotations
@@ -31,8 +44,9 @@ from turnrl.sandbox.base import (
     Sandbox,
     SandboxUnavailable,
     classify,
+    reject_nul,
 )
-from turnrl.sandbox.session import SERVER_SOURCE, Channel, Session
+from turnrl.sandbox.session import SERVER_SOURCE, Channel, Session, session_config
 
 __all__ = ["DockerSandbox", "DEFAULT_IMAGE"]
 
@@ -44,6 +58,11 @@ _USER = "65534:65534"
 _BOOT = r"""
 import base64, json, os, sys
 req = json.loads(sys.stdin.buffer.readline())
+if req.get("secret") is not None:
+    secret = os.memfd_create("secret")
+    os.write(secret, base64.b64decode(req["secret"]))
+    os.lseek(secret, 0, 0)
+    os.dup2(secret, 3)
 for name, data in req["files"].items():
     path = os.path.join(req["scratch"], name)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -188,6 +207,7 @@ class DockerSandbox(Sandbox):
     """
 
     name = "docker"
+    protections = frozenset({"isolation", "cgroup_limits"})
 
     def __init__(self, limits: Limits | None = None, *, image: str = DEFAULT_IMAGE,
                  client: Any = None, cpus: float = 1.0, pull: bool = True,
@@ -297,9 +317,13 @@ class DockerSandbox(Sandbox):
         timeout_s: float | None = None,
         stdin: str | bytes | None = None,
         files: Mapping[str, str | bytes] | None = None,
+        secret: bytes | None = None,
     ) -> ExecResult:
         program_file, timeout, files_bytes, stdin_bytes = self._check_run_args(
-            code, language, timeout_s, files, stdin)
+            code, language, timeout_s, files, stdin, secret)
+        rejected = reject_nul(code)
+        if rejected is not None:
+            return rejected
         files_b64 = {k: base64.b64encode(v).decode() for k, v in files_bytes.items()}
         files_b64[f"{CODE_DIR}/{program_file}"] = base64.b64encode(code.encode("utf-8", "surrogateescape")).decode()
         stdin_b64 = base64.b64encode(stdin_bytes).decode()
@@ -309,7 +333,8 @@ class DockerSandbox(Sandbox):
             return ExecResult("", "", None, "infra_error", False, time.monotonic() - t0, why)
         program = ["python3" if language == "python" else "bash", f"{CODE_DIR}/{program_file}"]
         request = {"files": files_b64, "scratch": SCRATCH_DIR, "stdin": stdin_b64,
-                   "stdin_path": f"{CODE_DIR}/.stdin", "program": program}
+                   "stdin_path": f"{CODE_DIR}/.stdin", "program": program,
+                   "secret": base64.b64encode(secret).decode() if secret is not None else None}
         limits = self.limits
         cpu = min(float(limits.cpu_time_s), timeout)
         try:
@@ -354,8 +379,10 @@ class DockerSandbox(Sandbox):
         if oom:
             return ExecResult(stdout, stderr, exit_code, "memory", truncated, duration,
                               "memory limit exceeded (the container was OOM-killed)")
-        status, message = classify(exit_code, stderr, timed_out=timed_out, timeout_s=timeout,
-                                   cpu_limit_s=cpu)
+        # The exit status is all there is: 128 + N may be a signal or the program's choice.
+        killed_by = exit_code - 128 if exit_code is not None and exit_code > 128 else None
+        status, message = classify(exit_code, stderr, killed_by=killed_by, timed_out=timed_out,
+                                   timeout_s=timeout)
         return ExecResult(stdout, stderr, exit_code, status, truncated, duration, message)
 
     # ------------------------------------------------------------------ session
@@ -363,16 +390,17 @@ class DockerSandbox(Sandbox):
         limits = limits or self.limits
         return Session(lambda config: self._launch_server(limits, config), limits,
                        backend=self.name,
-                       config={"scratch": SCRATCH_DIR, "tmp": "/tmp", "private_pids": True})
+                       config=session_config(limits, scratch=SCRATCH_DIR, private_pids=True))
 
-    def _launch_server(self, limits: Limits, config: str) -> Channel:
+    def _launch_server(self, limits: Limits, config: dict[str, Any]) -> Channel:
         why = self._ensure_image()
         if why:
             raise RuntimeError(why)
         # The session's CPU limit is managed per cell by the server (soft rlimit), so the
         # container's hard CPU ulimit is generous: 100 cells' worth.
-        container, demux = self._start(["python3", "-I", "-c", SERVER_SOURCE, config], limits,
-                                       100 * float(limits.cpu_time_s))
+        config = {**config, "req_fd": 0, "rep_fd": 1}  # stdio: reachable by cells, see above
+        container, demux = self._start(["python3", "-I", "-c", SERVER_SOURCE, json.dumps(config)],
+                                       limits, 100 * float(limits.cpu_time_s))
         return _DockerChannel(container, demux, 12 * limits.output_bytes + (1 << 20))
 
 

@@ -2,9 +2,11 @@
 
 Starting a session costs a sandbox start-up (tens of milliseconds for bubblewrap,
 seconds for docker). A :class:`SessionPool` keeps sessions running: :meth:`acquire`
-hands out an idle one (or starts one, up to ``max_size``), :meth:`release` wipes its
-state -- variables, scratch files, stray processes -- and keeps it for the next user.
-A session that crashed or cannot be wiped is closed instead of reused.
+hands out an idle one (or starts one, up to ``max_size``), :meth:`release` gives it a new
+sandbox (:meth:`Session.reset`) and keeps it, already started, for the next user. Nothing
+the previous user did -- variables, modules, patched builtins, environment, rlimits, files,
+permissions, threads, processes -- can reach the next one, because nothing of its sandbox
+is reused. A session whose new sandbox does not start is closed instead.
 
 Example:
     >>> pool = SessionPool(make_sandbox(), max_size=8)
@@ -57,7 +59,7 @@ class SessionPool:
         self._count = 0
         self._cond = threading.Condition()
         self._closed = False
-        #: Sessions handed out again after a wipe (the point of the pool).
+        #: Sessions handed out again, each with a new, already started sandbox.
         self.reused = 0
         #: Sessions started.
         self.started = 0
@@ -124,11 +126,12 @@ class SessionPool:
         return session
 
     def release(self, session: Session) -> None:
-        """Give a session back: wiped and kept if healthy, closed otherwise."""
+        """Give a session back: it gets a new sandbox and is kept, or closed if the new
+        sandbox does not start."""
         with self._cond:
             self._in_use.discard(id(session))
             closed = self._closed
-        healthy = not closed and session.alive and session.reset()
+        healthy = not closed and session.reset()
         with self._cond:
             if healthy and not self._closed:
                 self._idle.append(session)

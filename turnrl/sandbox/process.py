@@ -5,6 +5,13 @@ open-file rlimits, in a temporary working directory that is deleted afterwards. 
 read whatever its uid can read and reach the network. Use it only for code you trust, or
 inside a machine that is itself disposable; it refuses to start unless ``unsafe=True``.
 
+It uses the same trusted monitor and session supervisor as bubblewrap, so statuses are
+decided the same way, but nothing stops the program from reaching them: it runs as the
+same uid, outside any namespace, with no seccomp filter, and can read this process's
+memory. Its :attr:`~turnrl.sandbox.base.Sandbox.protections` are empty: rewards computed
+from its results can be forged, and memory outside ``RLIMIT_AS`` (``memfd_create``, shared
+memory) is not limited.
+
 When turnrl runs as root, programs run as an unprivileged uid (65534) so that the
 process limit means something (the kernel ignores ``RLIMIT_NPROC`` for root). Leftover
 background processes are found by a marker in their environment and killed.
@@ -12,6 +19,7 @@ background processes are found by a marker in their environment and killed.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -20,15 +28,16 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 
-from turnrl.sandbox._proc import LAUNCH_FAILED, decode, launcher_argv, run_captured
-from turnrl.sandbox.base import (
-    ExecResult,
-    Limits,
-    Sandbox,
-    SandboxUnavailable,
-    classify,
+from turnrl.sandbox._proc import (
+    PopenChild,
+    judge,
+    memfd,
+    monitor_argv,
+    read_report,
+    run_captured,
 )
-from turnrl.sandbox.session import SERVER_SOURCE, Session, SubprocessChannel
+from turnrl.sandbox.base import ExecResult, Limits, Sandbox, SandboxUnavailable, reject_nul
+from turnrl.sandbox.session import SERVER_SOURCE, PipeChannel, Session, session_config
 
 __all__ = ["ProcessSandbox"]
 
@@ -73,7 +82,8 @@ class ProcessSandbox(Sandbox):
         return True, "available only with unsafe=True (no isolation)"
 
     def _as_user(self) -> dict:
-        return {"user": self.uid, "group": self.uid} if os.geteuid() == 0 else {}
+        return ({"user": self.uid, "group": self.uid, "extra_groups": []} if os.geteuid() == 0
+                else {})
 
     def _workdir(self) -> tuple[str, str]:
         """A fresh scratch dir (writable by the program's uid) and a marker id."""
@@ -97,13 +107,18 @@ class ProcessSandbox(Sandbox):
         timeout_s: float | None = None,
         stdin: str | bytes | None = None,
         files: Mapping[str, str | bytes] | None = None,
+        secret: bytes | None = None,
     ) -> ExecResult:
         program_file, timeout, files_bytes, stdin_bytes = self._check_run_args(
-            code, language, timeout_s, files, stdin)
+            code, language, timeout_s, files, stdin, secret)
+        rejected = reject_nul(code)
+        if rejected is not None:
+            return rejected
         try:
             scratch, marker = self._workdir()
         except OSError as exc:
             return ExecResult("", "", None, "infra_error", False, 0.0, f"no scratch dir: {exc}")
+        report_r = report_w = secret_fd = -1
         try:
             code_dir = os.path.join(scratch, ".turnrl")
             os.mkdir(code_dir)
@@ -113,57 +128,79 @@ class ProcessSandbox(Sandbox):
                 _write(os.path.join(scratch, name), data, self)
             stdin_path = os.path.join(code_dir, "stdin")
             _write(stdin_path, stdin_bytes, self)
+            report_r, report_w = os.pipe()
+            if secret is not None:
+                secret_fd = memfd("secret", bytes(secret))
             program = [self.python, code_path] if language == "python" else ["/bin/bash", code_path]
             cpu = min(float(self.limits.cpu_time_s), timeout)
+            argv = monitor_argv(self.python, self.limits.rlimits(cpu_time_s=cpu), program,
+                                report_fd=report_w, secret_fd=secret_fd if secret_fd >= 0 else None)
+            passed = [report_w] + ([secret_fd] if secret_fd >= 0 else [])
             with open(stdin_path, "rb") as stdin_file:
-                cap = run_captured(
-                    launcher_argv(self.python, self.limits.rlimits(cpu_time_s=cpu), program),
-                    timeout_s=timeout, output_bytes=self.limits.output_bytes,
-                    stdin_fd=stdin_file.fileno(), env=self._env(scratch, marker), cwd=scratch,
-                    on_exit=lambda: _kill_marked(marker), **self._as_user(),
-                )
+
+                def start(out: int, err: int) -> PopenChild:
+                    return PopenChild(subprocess.Popen(
+                        argv, stdin=stdin_file, stdout=out, stderr=err, pass_fds=passed,
+                        env=self._env(scratch, marker), cwd=scratch, start_new_session=True,
+                        close_fds=True, **self._as_user()))
+
+                cap = run_captured(start, timeout_s=timeout, output_bytes=self.limits.output_bytes,
+                                   on_exit=lambda: _kill_marked(marker))
+            report = read_report(report_r)
         except OSError as exc:
             return ExecResult("", "", None, "infra_error", False, 0.0, f"could not prepare the run: {exc}")
         finally:
+            for fd in (report_r, report_w, secret_fd):
+                if fd >= 0:
+                    os.close(fd)
             shutil.rmtree(scratch, ignore_errors=True)
         if cap.spawn_error:
             return ExecResult("", "", None, "infra_error", False, cap.duration_s, cap.spawn_error)
-        stdout, stderr = decode(cap.stdout), decode(cap.stderr)
-        if cap.returncode == LAUNCH_FAILED and "turnrl-launch:" in stderr:
-            return ExecResult(stdout, stderr, None, "infra_error", cap.truncated, cap.duration_s,
-                              "the launcher could not apply the limits or start the program")
-        status, message = classify(cap.returncode, stderr, timed_out=cap.timed_out,
-                                   timeout_s=timeout, cpu_limit_s=cpu)
-        return ExecResult(stdout, stderr, cap.returncode, status, cap.truncated, cap.duration_s,
-                          message)
+        return judge(cap, report, timeout_s=timeout, cpu_limit_s=cpu,
+                     fallback_exit_code=cap.returncode)
 
     def session(self, *, limits: Limits | None = None) -> Session:
         limits = limits or self.limits
         return Session(lambda config: self._launch_server(limits, config), limits,
-                       backend=self.name, config={"private_pids": False})
+                       backend=self.name, config=session_config(limits, scratch="",
+                                                                private_pids=False))
 
-    def _launch_server(self, limits: Limits, config: str) -> SubprocessChannel:
-        import json
-
+    def _launch_server(self, limits: Limits, config: dict) -> PipeChannel:
         scratch, marker = self._workdir()
-        cfg = {**json.loads(config), "scratch": scratch, "tmp": None}
 
         def cleanup() -> None:
             _kill_marked(marker)
             shutil.rmtree(scratch, ignore_errors=True)
 
+        kept: list[int] = []
+        theirs: list[int] = []
         try:
+            req_r, req_w = os.pipe()
+            kept.append(req_w)
+            theirs.append(req_r)
+            rep_r, rep_w = os.pipe()
+            kept.append(rep_r)
+            theirs.append(rep_w)
+            diag_r, diag_w = os.pipe()
+            kept.append(diag_r)
+            theirs.append(diag_w)
+            cfg = {**config, "scratch": scratch, "req_fd": req_r, "rep_fd": rep_w}
             proc = subprocess.Popen(
                 [self.python, "-I", "-c", SERVER_SOURCE, json.dumps(cfg)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL, stdout=diag_w, stderr=diag_w, pass_fds=[req_r, rep_w],
                 env=self._env(scratch, marker), cwd=scratch, start_new_session=True,
-                close_fds=True, **({"extra_groups": [], **self._as_user()} if self._as_user() else {}),
+                close_fds=True, **self._as_user(),
             )
         except BaseException:
+            for fd in kept:
+                os.close(fd)
             cleanup()
             raise
-        return SubprocessChannel(proc, max_line_bytes=12 * limits.output_bytes + (1 << 20),
-                                 cleanup=cleanup)
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        return PipeChannel(PopenChild(proc), req_w=req_w, rep_r=rep_r, diag_r=diag_r,
+                           max_line_bytes=12 * limits.output_bytes + (1 << 20), cleanup=cleanup)
 
 
 def _write(path: str, data: bytes, sandbox: ProcessSandbox) -> None:

@@ -4,10 +4,22 @@ agent's turns, so variables, imports and files survive from one code call to the
 A :class:`Session` is made by :meth:`Sandbox.session`. Each :meth:`Session.run` executes
 one cell (notebook style: a final expression's value is printed) and returns an
 :class:`~turnrl.sandbox.base.ExecResult`. Limits apply per cell (wall and CPU time) and
-per session (memory, processes, file size). A timeout interrupts the cell and keeps the
-state; if the interpreter does not come back in time, or crashes (``os._exit``, a
-segfault, killing itself), the session is torn down and restarts with a fresh state on
-the next call -- the result says so in ``message``.
+per session (memory, processes, file size).
+
+Inside the sandbox a supervisor holds the channel to the host and runs each cell in an
+interpreter process of its own (see ``_server.py``), so nothing a cell does can write to,
+read or forge that channel, and every status other than ``ok``/``runtime_error``/
+``memory`` is decided by the supervisor or the host, never by the cell. A timeout
+interrupts the cell and keeps the state; if the interpreter does not stop in time, or
+crashes (``os._exit``, a segfault, killing itself), the supervisor keeps the output so far,
+reports it, and the next cell runs in a fresh interpreter -- the result says so in
+``message``. Between cells the interpreter is stopped, so threads a cell left running use
+no CPU while the session is idle.
+
+:meth:`Session.reset` (and a :class:`~turnrl.sandbox.pool.SessionPool` hand-back) replaces
+the whole sandbox with a new one: nothing a cell did -- variables, modules, patched
+builtins, environment, rlimits, files, permissions, threads, processes -- reaches the next
+user.
 
 Sessions are not shared between threads: each holds a lock so concurrent calls queue.
 """
@@ -15,13 +27,9 @@ Sessions are not shared between threads: each holds a lock so concurrent calls q
 from __future__ import annotations
 
 import base64
-import collections
 import json
 import os
-import queue
-import secrets
 import select
-import subprocess
 import sys
 import threading
 import time
@@ -30,33 +38,46 @@ from pathlib import Path
 from typing import Any
 
 from turnrl.errors import ConfigError
-from turnrl.sandbox._proc import kill_group
-from turnrl.sandbox.base import ExecResult, Limits, check_files, check_timeout
+from turnrl.sandbox._proc import Child
+from turnrl.sandbox.base import STATUSES, ExecResult, Limits, check_files, check_timeout, reject_nul
 
-__all__ = ["Session", "Channel", "SubprocessChannel", "SERVER_SOURCE"]
+__all__ = ["Session", "Channel", "PipeChannel", "SERVER_SOURCE", "session_config"]
 
-#: Source of the in-sandbox interpreter (see ``_server.py``).
+#: Source of the in-sandbox supervisor and interpreter (see ``_server.py``).
 SERVER_SOURCE = (Path(__file__).with_name("_server.py")).read_text(encoding="utf-8")
 
-#: Seconds the host waits past a cell's own time limit before it kills the sandbox.
-GRACE_S = 2.0
-#: Seconds allowed for a session's interpreter to start and say it is ready.
+#: Seconds the supervisor waits after interrupting a cell before it kills the interpreter.
+SUPERVISOR_GRACE_S = 1.0
+#: Seconds the host waits past a cell's time limit before it kills the whole sandbox
+#: (the supervisor itself did not answer: it was stopped or killed by the cell).
+GRACE_S = 3.0
+#: Seconds allowed for a session's sandbox to start and say it is ready.
 STARTUP_TIMEOUT_S = 30.0
 
 
+def session_config(limits: Limits, *, scratch: str, private_pids: bool) -> dict[str, Any]:
+    """The supervisor's settings, less the channel's fd numbers (the backend adds
+    ``req_fd`` and ``rep_fd``)."""
+    return {
+        "scratch": scratch, "private_pids": private_pids, "output_bytes": limits.output_bytes,
+        "grace_s": SUPERVISOR_GRACE_S,
+        "rlimits": {k: v for k, v in limits.rlimits().items() if k != "RLIMIT_CPU"},
+    }
+
+
 class Channel:
-    """The host's line-based link to a session server (one per server process)."""
+    """The host's line-based link to one session supervisor."""
 
     def send(self, data: bytes, deadline: float) -> None:
         """Write all of ``data`` before ``deadline`` (monotonic) or raise ``OSError``."""
         raise NotImplementedError
 
     def readline(self, deadline: float) -> bytes | None:
-        """Next line; ``None`` at the deadline, ``b""`` when the server is gone."""
+        """Next line; ``None`` at the deadline, ``b""`` when the supervisor is gone."""
         raise NotImplementedError
 
     def close(self) -> None:
-        """Kill the server and everything in its sandbox. Idempotent, never blocks long."""
+        """Kill the supervisor and everything in its sandbox. Idempotent, never blocks long."""
         raise NotImplementedError
 
     def exit_code(self) -> int | None:
@@ -64,121 +85,127 @@ class Channel:
         raise NotImplementedError
 
     def diagnostics(self) -> str:
-        """The tail of the server's own stderr (sandbox start-up errors)."""
+        """The tail of the sandbox's own stderr (start-up errors)."""
         return ""
 
 
-class SubprocessChannel(Channel):
-    """A :class:`Channel` over the stdin/stdout pipes of a local process."""
+class PipeChannel(Channel):
+    """A :class:`Channel` over two pipes of a local process (the sandbox's ``bwrap`` or the
+    supervisor itself), read in the calling thread.
 
-    def __init__(self, proc: subprocess.Popen, *, max_line_bytes: int,
-                 cleanup: Callable[[], None] | None = None) -> None:
-        self.proc = proc
-        self._lines: queue.Queue[bytes] = queue.Queue()
-        self._stderr: collections.deque[bytes] = collections.deque(maxlen=64)
+    Args:
+        child: the started process (its kill takes the whole sandbox).
+        req_w: write end of the request pipe (the supervisor's ``req_fd``).
+        rep_r: read end of the answer pipe (the supervisor's ``rep_fd``).
+        diag_r: read end of the sandbox's stdout/stderr, for start-up errors.
+        max_line_bytes: longest answer accepted; a longer one breaks the channel.
+        cleanup: called once after the kill.
+    """
+
+    def __init__(self, child: Child, *, req_w: int, rep_r: int, diag_r: int,
+                 max_line_bytes: int, cleanup: Callable[[], None] | None = None) -> None:
+        self.child = child
+        self._req_w, self._rep_r, self._diag_r = req_w, rep_r, diag_r
+        for fd in (req_w, rep_r, diag_r):
+            os.set_blocking(fd, False)
+        self._max = max_line_bytes
+        self._buf = bytearray()
+        self._diag = bytearray()
+        self._eof = False
+        self._diag_eof = False
         self._cleanup = cleanup
         self._closed = False
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        os.set_blocking(proc.stdin.fileno(), False)
-        threading.Thread(target=self._read_stdout, args=(max_line_bytes,), daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-
-    def _read_stdout(self, max_line_bytes: int) -> None:
-        stream = self.proc.stdout
-        try:
-            while True:
-                line = stream.readline(max_line_bytes)
-                if not line:
-                    break
-                if not line.endswith(b"\n"):  # over-long or cut: the protocol is broken
-                    self._stderr.append(b"session answer exceeded the size limit\n")
-                    break
-                self._lines.put(line)
-        except (OSError, ValueError):
-            pass
-        finally:
-            self._lines.put(b"")
-            try:
-                stream.close()
-            except OSError:
-                pass
-
-    def _read_stderr(self) -> None:
-        try:
-            for line in self.proc.stderr:
-                self._stderr.append(line[:2000])
-        except (OSError, ValueError):
-            pass
-        finally:
-            try:
-                self.proc.stderr.close()
-            except OSError:
-                pass
 
     def send(self, data: bytes, deadline: float) -> None:
-        fd = self.proc.stdin.fileno()
         view = memoryview(data)
         while view:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise OSError("timed out writing to the session")
-            _, writable, _ = select.select([], [fd], [], min(left, 1.0))
+            _, writable, _ = select.select([], [self._req_w], [], min(left, 1.0))
             if writable:
                 try:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(self._req_w, view):]
                 except BlockingIOError:
                     continue
 
     def readline(self, deadline: float) -> bytes | None:
+        while True:
+            idx = self._buf.find(b"\n")
+            if idx >= 0:
+                line = bytes(self._buf[:idx + 1])
+                del self._buf[:idx + 1]
+                return line
+            if self._eof or len(self._buf) > self._max:
+                if len(self._buf) > self._max:
+                    self._diag += b"session answer exceeded the size limit\n"
+                return b""
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            watched = [self._rep_r] if self._diag_eof else [self._rep_r, self._diag_r]
+            readable, _, _ = select.select(watched, [], [], left)
+            if self._diag_r in readable:
+                self._read_diag()
+            if self._rep_r in readable:
+                try:
+                    chunk = os.read(self._rep_r, 1 << 20)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    self._eof = True
+                self._buf += chunk
+
+    def _read_diag(self) -> None:
         try:
-            return self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            return None
+            while True:
+                chunk = os.read(self._diag_r, 65536)
+                if not chunk:  # the sandbox closed it (exited): stop watching it
+                    self._diag_eof = True
+                    return
+                self._diag = (self._diag + chunk)[-4000:]
+        except (BlockingIOError, OSError):
+            pass
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        kill_group(self.proc)
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        # stdout/stderr are closed by their reader threads when they see EOF: closing a
-        # stream another thread is reading from can abort the interpreter at shutdown.
-        try:
-            self.proc.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            pass
+        self.child.kill()
+        self.child.wait(5.0)
+        for fd in (self._req_w, self._rep_r, self._diag_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         if self._cleanup is not None:
             self._cleanup()
 
     def exit_code(self) -> int | None:
-        rc = self.proc.poll()
-        if rc is None:
-            try:
-                rc = self.proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                return None
-        return 128 - rc if rc < 0 else rc
+        return self.child.wait(1.0)
 
     def diagnostics(self) -> str:
-        return b"".join(self._stderr).decode("utf-8", errors="replace")[-2000:]
+        if not self._closed and not self._diag_eof:
+            self._read_diag()
+        return bytes(self._diag).decode("utf-8", errors="replace")[-2000:]
 
 
-#: Builds a started server: ``launch(config_json) -> Channel``. Raises ``OSError`` (or
-#: returns a channel whose first line never comes) when the sandbox cannot start.
-Launcher = Callable[[str], Channel]
+#: Builds a started supervisor: ``launch(config) -> Channel``, where ``config`` comes from
+#: :func:`session_config`. Raises ``OSError`` (or returns a channel whose first line never
+#: comes) when the sandbox cannot start.
+Launcher = Callable[[dict[str, Any]], Channel]
 
 
 class Session:
     """A stateful Python interpreter inside a sandbox.
 
     Args:
-        launch: starts a server process in a fresh sandbox (given by the backend).
+        launch: starts a supervisor in a fresh sandbox (given by the backend).
         limits: the session's limits; ``wall_time_s`` and ``cpu_time_s`` apply per cell.
         backend: backend name, for messages.
-        config: extra server settings (scratch dir, whether the pid namespace is private).
+        config: the supervisor's settings (see :func:`session_config`).
 
     Example:
         >>> with make_sandbox().session() as s:
@@ -194,22 +221,24 @@ class Session:
         self.backend = backend
         self._config = dict(config)
         self._chan: Channel | None = None
-        self._token = ""
+        self._next_id = 0
         self._lock = threading.Lock()
         self._closed = False
         #: Times the interpreter was restarted after a crash or a hard timeout.
         self.restarts = 0
         #: Cells run so far (across restarts).
         self.calls = 0
+        #: Sandboxes started (the first, one per :meth:`reset`, one after each loss).
+        self.sandboxes_started = 0
 
     # ------------------------------------------------------------------ lifecycle
     @property
     def alive(self) -> bool:
-        """Whether an interpreter is running now (it starts on first use)."""
+        """Whether a sandbox is running now (it starts on first use)."""
         return self._chan is not None
 
     def start(self) -> ExecResult | None:
-        """Start the interpreter now instead of on first use (warm-up).
+        """Start the sandbox now instead of on first use (warm-up).
 
         Returns:
             ``None`` when ready, else an ``infra_error`` result saying why.
@@ -223,19 +252,12 @@ class Session:
         if self._chan is not None:
             return None
         t0 = time.monotonic()
-        self._token = secrets.token_hex(8)
-        config = {
-            **self._config,
-            "token": self._token,
-            "output_bytes": self.limits.output_bytes,
-            "rlimits": {k: v for k, v in self.limits.rlimits().items() if k != "RLIMIT_CPU"},
-        }
         try:
-            chan = self._launch(json.dumps(config))
+            chan = self._launch(dict(self._config))
         except (OSError, ValueError, RuntimeError) as exc:
             return _infra(f"could not start a {self.backend} session: {type(exc).__name__}: {exc}",
                           t0)
-        reply = self._read_reply(chan, time.monotonic() + STARTUP_TIMEOUT_S)
+        reply = self._read_reply(chan, time.monotonic() + STARTUP_TIMEOUT_S, None)
         if not isinstance(reply, dict) or not reply.get("ready"):
             diag = chan.diagnostics()
             chan.close()
@@ -243,23 +265,24 @@ class Session:
             return _infra(f"the {self.backend} session interpreter {why}"
                           + (f": {diag.strip()}" if diag.strip() else ""), t0)
         self._chan = chan
+        self.sandboxes_started += 1
         return None
 
-    def _read_reply(self, chan: Channel, deadline: float) -> dict[str, Any] | bytes | None:
-        """The next answer carrying our token: a dict, ``b""`` on EOF, ``None`` on timeout.
-        Lines without the token (a cell writing to the protocol fd) are skipped."""
-        prefix = self._token.encode() + b" "
+    @staticmethod
+    def _read_reply(chan: Channel, deadline: float, want_id: int | None
+                    ) -> dict[str, Any] | bytes | None:
+        """The next answer (with id ``want_id``, if given): a dict, ``b""`` on EOF,
+        ``None`` on timeout."""
         while True:
             line = chan.readline(deadline)
             if not line:
                 return line
-            if line.startswith(prefix):
-                try:
-                    reply = json.loads(line[len(prefix):])
-                except ValueError:
-                    continue
-                if isinstance(reply, dict):
-                    return reply
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(reply, dict) and (want_id is None or reply.get("id") == want_id):
+                return reply
 
     def _kill(self) -> None:
         if self._chan is not None:
@@ -285,13 +308,10 @@ class Session:
         self.close()
 
     def __del__(self) -> None:
-        # Last resort for a session nobody closed: kill its sandbox, nothing more (this
-        # may run at interpreter shutdown).
+        # Last resort for a session nobody closed: kill its sandbox (not at interpreter
+        # shutdown, when the spawner reaps everything anyway).
         chan = getattr(self, "_chan", None)
-        proc = getattr(chan, "proc", None)
-        if proc is not None:
-            kill_group(proc)
-        elif chan is not None and not sys.is_finalizing():
+        if chan is not None and not sys.is_finalizing():
             try:
                 chan.close()
             except Exception:
@@ -311,12 +331,15 @@ class Session:
 
         Returns:
             An :class:`ExecResult`. A crash or hard timeout says in ``message`` that the
-            state was lost; the next call starts a fresh interpreter.
+            interpreter's state was lost; the next call runs in a fresh interpreter.
         """
         if not isinstance(code, str):
             raise ConfigError(f"code must be a str, got {type(code).__name__}")
         timeout = check_timeout(timeout_s, self.limits.wall_time_s)
         encoded = {k: base64.b64encode(v).decode("ascii") for k, v in check_files(files).items()}
+        rejected = reject_nul(code)
+        if rejected is not None:
+            return rejected
         with self._lock:
             return self._run_locked(code, timeout, encoded)
 
@@ -324,24 +347,26 @@ class Session:
         t0 = time.monotonic()
         note = ""
         if self._chan is None and self.calls > 0 and not self._closed:
-            note = "(the interpreter was restarted before this call; earlier state is lost) "
+            note = "(the sandbox was restarted before this call; earlier state is lost) "
         failed = self._ensure_started()
         if failed is not None:
             return failed
         self.calls += 1
+        self._next_id += 1
+        ident = self._next_id
         cpu = min(float(self.limits.cpu_time_s), timeout)
-        request = json.dumps({"op": "run", "code": code, "timeout_s": timeout, "cpu_s": cpu,
-                              "files": files}).encode() + b"\n"
+        request = json.dumps({"op": "run", "id": ident, "code": code, "timeout_s": timeout,
+                              "cpu_s": cpu, "files": files}).encode() + b"\n"
         chan = self._chan
         assert chan is not None
         try:
             chan.send(request, time.monotonic() + 10.0)
         except OSError:
-            # The interpreter died between calls (a background thread exiting it, say):
-            # an infrastructure fault, so retry once on a fresh one.
+            # The sandbox died between calls: an infrastructure fault, so retry once on
+            # a fresh one.
             self._kill()
             self.restarts += 1
-            note = "(the interpreter had died and was restarted; earlier state is lost) "
+            note = "(the sandbox had died and was restarted; earlier state is lost) "
             failed = self._ensure_started()
             if failed is not None:
                 return failed
@@ -352,35 +377,36 @@ class Session:
             except OSError as exc:
                 self._kill()
                 return _infra(f"could not send the cell to the session: {exc}", t0)
-        reply = self._read_reply(chan, time.monotonic() + timeout + GRACE_S)
+        reply = self._read_reply(chan, time.monotonic() + timeout + GRACE_S, ident)
         duration = time.monotonic() - t0
         if reply is None:
             self._kill()
             self.restarts += 1
             return ExecResult(
                 "", "", None, "timeout", False, duration,
-                note + f"wall time limit of {timeout:g}s exceeded and the cell could not be "
-                "interrupted; the interpreter was killed and restarts with a fresh state",
+                note + f"wall time limit of {timeout:g}s exceeded and the session did not "
+                "answer; its sandbox was killed and restarts with a fresh state",
             )
-        if not isinstance(reply, dict):  # EOF: the interpreter died during the cell
+        if not isinstance(reply, dict):  # EOF: the supervisor died during the cell
             exit_code = chan.exit_code()
             diag = chan.diagnostics().strip()
             self._kill()
             self.restarts += 1
-            how = f"exit status {exit_code}" if exit_code is not None else "no exit status"
-            status = "memory" if "MemoryError" in diag else "runtime_error"
             return ExecResult(
-                "", diag[-2000:], exit_code, status, False, duration,
-                note + f"the interpreter crashed ({how}); it restarts with a fresh state "
-                "on the next call",
+                "", diag[-2000:], exit_code, "runtime_error", False, duration,
+                note + "the session's sandbox exited during the cell (the code killed its "
+                "supervisor?); it restarts with a fresh state on the next call",
             )
-        status = reply.get("status", "infra_error")
-        if status not in ("ok", "timeout", "memory", "runtime_error", "infra_error"):
+        if reply.get("restarted"):
+            self.restarts += 1
+        status = reply.get("status")
+        if status not in STATUSES:
             status = "infra_error"
+        exit_code = reply.get("exit_code")
         return ExecResult(
             stdout=str(reply.get("stdout", "")),
             stderr=str(reply.get("stderr", "")),
-            exit_code=reply.get("exit_code"),
+            exit_code=exit_code if isinstance(exit_code, int) else None,
             status=status,
             output_truncated=bool(reply.get("truncated", False)),
             duration_s=duration,
@@ -388,22 +414,12 @@ class Session:
         )
 
     def reset(self) -> bool:
-        """Forget all state: variables, imported scratch modules, scratch files, stray
-        processes. Cheaper than a new session. Returns ``False`` if the interpreter had
-        to be (or could not be) restarted instead."""
+        """Forget everything: the sandbox is replaced by a new one (tens of milliseconds
+        with bubblewrap), so nothing a cell did survives. Returns whether the new one
+        started (if not, the next :meth:`run` tries again and reports why)."""
         with self._lock:
-            if self._chan is None:
-                return self._ensure_started() is None
-            chan = self._chan
-            try:
-                chan.send(b'{"op": "reset"}\n', time.monotonic() + 5.0)
-                reply = self._read_reply(chan, time.monotonic() + 10.0)
-            except OSError:
-                reply = None
-            if isinstance(reply, dict) and reply.get("ok"):
-                return True
             self._kill()
-            return self._ensure_started() is None and False
+            return self._ensure_started() is None
 
 
 def _infra(message: str, t0: float | None = None) -> ExecResult:
