@@ -67,11 +67,11 @@ def turnrl_path(renderer, system: str, task: str, steps) -> tuple[float, float, 
     traj.prompt_token_ids = renderer.prompt_ids(messages)
     for t, (action, obs) in enumerate(steps):
         context_ids(traj, t, full)  # what the policy generates from at this turn
-        ids = renderer.encode(action) + sorted(renderer.eos_ids)[:1]  # stands in for sampled ids
+        ids = renderer.encode(action) + [renderer.turn_end_id]  # stands in for sampled ids
         turn = Turn(action=action, reward=0.0, observation=obs, terminated=False, truncated=False,
                     info={}, token_ids=ids, logprobs=[0.0] * len(ids))
         turn.obs_token_ids = renderer.observation_ids({"role": "user", "content": obs},
-                                                      action_ended=renderer.ended(ids))
+                                                      action_ids=ids)
         traj.turns.append(turn)
     rollout = time.perf_counter() - start
     start = time.perf_counter()

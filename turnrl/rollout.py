@@ -40,7 +40,8 @@ from turnrl.envs.registry import accepts_kwarg
 from turnrl.errors import ConfigError
 from turnrl.trajectory import Message, Trajectory, Turn, context_ids, parse_context
 
-__all__ = ["collect", "first_messages", "is_token_policy", "env_kwargs_for"]
+__all__ = ["collect", "first_messages", "is_token_policy", "env_kwargs_for", "ROLLOUT_MODES",
+           "REASONING_HISTORY"]
 
 
 def first_messages(instructions: str, observation: str) -> list[Message]:
@@ -83,6 +84,8 @@ class _Slot:
     key: tuple[int, int]
     traj: Trajectory
     info: dict[str, Any] = field(default_factory=dict)
+    #: The next turn's own context ids (history re-rendered by the template), if any.
+    context: list[int] | None = None
 
 
 def collect(
@@ -105,6 +108,7 @@ def collect(
     on_episode_end: Callable[[Trajectory], Any] | None = None,
     on_error: str = "mark",
     greedy: bool | None = None,
+    reasoning_history: str | None = None,
 ) -> list[Trajectory]:
     """Play one episode per seed (``group_size`` per seed for grouped estimators).
 
@@ -143,6 +147,13 @@ def collect(
             on; ``"raise"`` re-raises.
         greedy: token policies and async agents: decode greedily (True), sample (False),
             or the agent's own default (None).
+        reasoning_history: token policies whose chat template renders earlier assistant
+            turns differently from how they were generated (e.g. Qwen3 drops earlier
+            ``<think>`` reasoning): ``"keep"`` appends every turn as generated (one sample
+            per episode; warns once about the mismatch), ``"strip"`` gives each turn the
+            history as the template renders it, so a turn whose context is not an
+            extension of the previous one starts a new sample (``context="full"`` only).
+            None: what the template does (``strip`` if it rewrites history, else ``keep``).
 
     Returns:
         Trajectories ordered by (seed position, group member), whatever the mode.
@@ -154,6 +165,9 @@ def collect(
         errors.append(f"group_size must be >= 1, got {group_size}")
     if step_workers < 1:
         errors.append(f"step_workers must be >= 1, got {step_workers}")
+    if reasoning_history not in REASONING_HISTORY + (None,):
+        errors.append(f"reasoning_history must be one of {', '.join(REASONING_HISTORY)} or None, "
+                      f"got {reasoning_history!r}")
     if on_error not in ("mark", "raise"):
         errors.append(f"on_error must be 'mark' or 'raise', got {on_error!r}")
     if max_restarts < 0:
@@ -182,6 +196,7 @@ def collect(
         pool, agent, env_id=env_id, entry=entry or env_id, group_size=group_size,
         context=context, max_context_tokens=max_context_tokens, on_episode_end=on_episode_end,
         on_error=on_error, max_restarts=max_restarts, greedy=greedy,
+        reasoning_history=reasoning_history,
     )
     try:
         return engine.run(queue, num_envs=num_envs, step_workers=step_workers)
@@ -191,6 +206,20 @@ def collect(
 
 
 ROLLOUT_MODES = ("lockstep", "async")
+#: What a token policy's context holds of earlier turns when the template rewrites them.
+REASONING_HISTORY = ("keep", "strip")
+
+
+def _strips_history(renderer: Any, choice: str | None, mode: Any) -> bool:
+    """Whether contexts are re-rendered by the template each turn (see ``collect``)."""
+    strip = choice == "strip" or (choice is None and renderer.history_rewrite is not None)
+    if strip and mode.kind != "full":
+        if choice == "strip":
+            raise ConfigError(f"reasoning_history=strip needs context 'full', got {mode}")
+        strip = False  # window(k) already gives each turn its own sample
+    if not strip:
+        renderer.warn_if_history_differs()
+    return strip
 
 
 class _Lockstep:
@@ -199,7 +228,7 @@ class _Lockstep:
     def __init__(self, pool: EnvPool, agent: Any, *, env_id: str, entry: str, group_size: int,
                  context: str, max_context_tokens: int | None,
                  on_episode_end: Callable[[Trajectory], Any] | None, on_error: str,
-                 max_restarts: int, greedy: bool | None) -> None:
+                 max_restarts: int, greedy: bool | None, reasoning_history: str | None) -> None:
         self.pool = pool
         self.max_restarts = max_restarts
         self.agent = agent
@@ -214,6 +243,7 @@ class _Lockstep:
         self.on_error = on_error
         self.tokens = is_token_policy(agent)
         self.renderer = agent.renderer if self.tokens else None
+        self.strip = self.tokens and _strips_history(self.renderer, reasoning_history, self.mode)
         self.results: dict[tuple[int, int], Trajectory] = {}
 
     # ------------------------------------------------------------------ main loop
@@ -279,8 +309,8 @@ class _Lockstep:
         )
         if self.tokens:
             turn.obs_token_ids = self.renderer.observation_ids(
-                {"role": role, "content": obs}, action_ended=self.renderer.ended(action.token_ids)
-            )
+                {"role": role, "content": obs}, action_ids=action.token_ids or [])
+        turn.context_ids, state.context = state.context, None
         traj.turns.append(turn)
         state.info = info
         if terminated or truncated:
@@ -345,6 +375,11 @@ class _Lockstep:
         if not self.tokens:
             return traj.messages
         ids = context_ids(traj, traj.num_turns, self.mode)
+        if self.strip and traj.turns:  # the context as the template renders the history
+            rendered = self.renderer.prompt_ids(traj.messages)
+            if rendered != ids:
+                ids = rendered
+                self.slots[slot].context = rendered  # this turn starts a new sample
         if not self.max_context_tokens or len(ids) <= self.max_context_tokens - self.agent.max_new_tokens:
             return ids
         if traj.turns:

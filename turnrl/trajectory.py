@@ -76,6 +76,10 @@ class Turn:
         obs_token_ids: ids that follow the action in the conversation: the end of the
             assistant turn, the observation message and the next assistant header
             (token-level rollouts only; see :mod:`turnrl.agents.prompting`).
+        context_ids: the ids the policy generated this action from, when they are not the
+            previous turn's context + its action + its observation ids: the chat template
+            rewrote history (``reasoning_history: strip``, e.g. earlier ``<think>``
+            reasoning removed). Such a turn starts a new training sample. None otherwise.
     """
 
     action: str
@@ -87,6 +91,7 @@ class Turn:
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None
     obs_token_ids: list[int] | None = None
+    context_ids: list[int] | None = None
 
     @property
     def invalid(self) -> bool:
@@ -246,11 +251,21 @@ def context_ids(traj: Trajectory, turn: int, mode: ContextMode) -> list[int]:
     """Token ids the policy sees before acting at ``turn`` (0-based).
 
     The rollout generates from exactly these ids and :func:`build_samples` trains on
-    exactly these ids, so what is trained is what was sampled from.
+    exactly these ids, so what is trained is what was sampled from. In ``full`` mode a
+    turn with its own ``context_ids`` (history rewritten by the template) restarts the
+    context there: later turns extend it.
     """
     _require_tokens(traj, turn)
     ids = list(traj.prompt_token_ids or [])
     first = 0 if mode.kind == "full" else max(0, turn - mode.k)
+    restarts = [t for t in range(min(turn + 1, traj.num_turns)) if traj.turns[t].context_ids is not None]
+    if restarts:
+        if mode.kind != "full":
+            raise ValueError("turns with their own context_ids (reasoning_history=strip) need "
+                             "context 'full'")
+        if restarts[-1] == turn:
+            return list(traj.turns[turn].context_ids or [])
+        ids, first = list(traj.turns[restarts[-1]].context_ids or []), restarts[-1]
     for t in range(first, turn):
         ids += traj.turns[t].token_ids or []
         ids += traj.turns[t].obs_token_ids or []
@@ -319,9 +334,11 @@ def _sample_for_turns(traj: Trajectory, index: int, mode: ContextMode, turns: ra
 def build_samples(trajectories: Sequence[Trajectory], context: str | ContextMode = "full") -> list[Sample]:
     """Training samples from token-level trajectories, without re-tokenizing anything.
 
-    ``full``: one sample per episode holding every turn. ``window(k)``: one sample per
-    turn, its context the opening messages plus the last ``k`` exchanges -- the same ids
-    the policy generated from. Episodes with no turns or marked ``failed`` are skipped.
+    ``full``: one sample per episode holding every turn -- or, where turns have their own
+    ``context_ids`` (history rewritten by the template), one sample per stretch of turns
+    starting at each such turn. ``window(k)``: one sample per turn, its context the opening
+    messages plus the last ``k`` exchanges. Every sample holds the same ids the policy
+    generated from. Episodes with no turns or marked ``failed`` are skipped.
     """
     mode = parse_context(context)
     samples = []
@@ -329,8 +346,10 @@ def build_samples(trajectories: Sequence[Trajectory], context: str | ContextMode
         if not traj.turns or traj.failed:
             continue
         _require_tokens(traj, traj.num_turns)
-        if mode.kind == "full":
-            samples.append(_sample_for_turns(traj, index, mode, range(0, traj.num_turns)))
+        if mode.kind == "full":  # one sample, or one per stretch of turns that extend
+            starts = [0] + [t for t in range(1, traj.num_turns) if traj.turns[t].context_ids is not None]
+            for a, b in zip(starts, [*starts[1:], traj.num_turns], strict=True):
+                samples.append(_sample_for_turns(traj, index, mode, range(a, b)))
         else:
             samples.extend(
                 _sample_for_turns(traj, index, mode, range(t, t + 1)) for t in range(traj.num_turns)

@@ -23,7 +23,7 @@ class ScriptedAsTokens:
         self.renderer = renderer
         self.agent = ScriptedCodeAgent()
         self.max_new_tokens = 0
-        self.eos = sorted(renderer.eos_ids)[0]
+        self.eos = renderer.turn_end_id
         self.transcripts: list = []
 
     def generate(self, prompts, *, infos=None, greedy=None):

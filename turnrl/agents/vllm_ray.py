@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from turnrl.agents.base import Action
-from turnrl.agents.token_policy import TokenPolicyBase
+from turnrl.agents.token_policy import TokenPolicyBase, eos_ids_of
 from turnrl.agents.vllm import VLLMPolicy, merged_state_items
 from turnrl.errors import ConfigError
 from turnrl.trajectory import Message
@@ -77,15 +77,19 @@ class RayVLLMPolicy(TokenPolicyBase):
         except ImportError as exc:
             raise ConfigError("several vLLM engines (rollout.vllm_engines > 1) run as Ray actors: "
                               "pip install 'turnrl[ray]'") from exc
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, GenerationConfig
 
         self._ray = ray
         if not ray.is_initialized():
             ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
                      log_to_driver=False)
         front = {k: policy_kwargs[k] for k in ("temperature", "top_p", "max_new_tokens", "stop",
-                                                "greedy") if k in policy_kwargs}
-        super().__init__(AutoTokenizer.from_pretrained(model), **front)
+                                                "greedy", "template_kwargs") if k in policy_kwargs}
+        try:  # the model's own end-of-sequence ids, as each engine reads them
+            eos = eos_ids_of(GenerationConfig.from_pretrained(model))
+        except OSError:
+            eos = []
+        super().__init__(AutoTokenizer.from_pretrained(model), stop_ids=eos, **front)
         env_vars = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0",
                     "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
         options = {"num_cpus": 1, **(actor_options or {})}

@@ -22,7 +22,7 @@ import yaml
 
 from turnrl.envs.pool import POOL_KINDS
 from turnrl.errors import ConfigError, did_you_mean
-from turnrl.rollout import ROLLOUT_MODES
+from turnrl.rollout import REASONING_HISTORY, ROLLOUT_MODES
 from turnrl.trainer import algorithms
 from turnrl.trainer.algorithms import (
     BACKENDS,
@@ -58,6 +58,9 @@ class ModelConfig:
     #: "head" (MLP on the detached last hidden state: value learning never moves the
     #: policy; vldac), "none" (rloo, grpo, sft). Null: the preset's choice.
     critic: str | None = None
+    #: Extra chat-template variables, e.g. ``{enable_thinking: false}`` for Qwen3's
+    #: non-thinking mode (passed to ``apply_chat_template`` for every rendering).
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     #: LoRA adapters (peft) instead of full fine-tuning, e.g. ``{r: 8, alpha: 16,
     #: dropout: 0.0, target_modules: all-linear}``; null trains every weight. With LoRA
     #: the KL reference is the base with adapters disabled (no second copy in memory).
@@ -117,6 +120,13 @@ class RolloutConfig:
     vllm_engines: int = 1
     #: Extra ``vllm.LLM`` arguments for backend vllm (e.g. gpu_memory_utilization).
     vllm: dict[str, Any] = field(default_factory=dict)
+    #: When the chat template renders earlier assistant turns differently from how they
+    #: were generated (Qwen3 drops earlier ``<think>`` reasoning): "keep" trains on every
+    #: turn as generated (one sample per episode; a warning names the mismatch), "strip"
+    #: gives each turn the history as the template renders it (a turn whose context is not
+    #: an extension of the last starts a new sample; needs context "full"). Null: what the
+    #: template does.
+    reasoning_history: str | None = None
 
 
 @dataclass
@@ -369,6 +379,11 @@ def _check_rollout(c: TrainConfig) -> list[str]:
     e += _one_of("rollout.backend", r.backend, BACKENDS)
     e += _one_of("rollout.env_pool", r.env_pool, POOL_KINDS)
     e += _one_of("rollout.mode", r.mode, ROLLOUT_MODES)
+    if r.reasoning_history is not None:
+        e += _one_of("rollout.reasoning_history", r.reasoning_history, REASONING_HISTORY)
+        if r.reasoning_history == "strip" and r.context != "full":
+            e.append(f"rollout.reasoning_history=strip re-renders the whole history each turn, "
+                     f"so it needs rollout.context=full, got {r.context!r}")
     if r.mode == "async" and r.backend != "vllm":
         e.append(f"rollout.mode=async needs rollout.backend=vllm (the HF policy generates in "
                  f"lockstep batches), got backend {r.backend!r}")

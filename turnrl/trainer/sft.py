@@ -35,10 +35,10 @@ class ExpertTokens:
         self.renderer = renderer
         self.template = template
         self.max_new_tokens = 0
-        eos = sorted(renderer.eos_ids)
-        if not eos:
+        if renderer.turn_end_id is None and not renderer.stop_ids:
             raise ConfigError("the tokenizer has no end-of-turn token")
-        self.eos_id = eos[0]
+        # the template's own end-of-turn token closes an expert reply, as the model should
+        self.eos_id = renderer.turn_end_id if renderer.turn_end_id is not None else min(renderer.stop_ids)
 
     def generate(
         self, prompts: Sequence[Sequence[int]], *, infos: Sequence[dict[str, Any]] | None = None,

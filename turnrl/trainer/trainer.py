@@ -98,7 +98,8 @@ class Trainer:
         # weights after every update.
         self.policy = HFPolicy(model_path, temperature=r.temperature, top_p=r.top_p,
                                max_new_tokens=r.max_new_tokens, device=self.dist.device or m.device,
-                               dtype=m.dtype, seed=self.dist.seed(cfg.seed))
+                               dtype=m.dtype, seed=self.dist.seed(cfg.seed),
+                               template_kwargs=m.chat_template_kwargs)
         self.tokenizer = self.policy.tokenizer
         model = builders.with_lora(self.policy.model, m.lora) if self.lora else self.policy.model
         self.policy.model = model
@@ -108,7 +109,7 @@ class Trainer:
                 model_path, engines=r.vllm_engines, ray_address=cfg.ray.address,
                 temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
                 seed=self.dist.seed(cfg.seed), max_model_len=r.max_context_tokens + r.max_new_tokens,
-                dtype=m.dtype, engine_kwargs=r.vllm)
+                dtype=m.dtype, engine_kwargs=r.vllm, template_kwargs=m.chat_template_kwargs)
             self.engine.sync_weights(model)  # LoRA / resumed weights, not only the base
         self.sampler: TokenPolicy = self.engine or self.policy
         self.learner = self._build_learner(model, model_path)
@@ -272,7 +273,8 @@ class Trainer:
         return self.envs.collect_train(
             self.sampler, episodes=r.episodes_per_update, group_size=r.group_size,
             num_envs=r.num_envs, context=r.context, max_context_tokens=r.max_context_tokens,
-            step_workers=r.step_workers, mode=r.mode, greedy=False)
+            step_workers=r.step_workers, mode=r.mode, greedy=False,
+            reasoning_history=r.reasoning_history)
 
     def advantages(self, trajectories: list[Trajectory], samples: list[Sample],
                    scored: Scored) -> TurnAdvantages:
@@ -305,7 +307,7 @@ class Trainer:
             trajs = self.envs.collect_train(
                 ExpertTokens(self.policy.renderer), episodes=s.episodes, group_size=1,
                 num_envs=r.num_envs, context=r.context, max_context_tokens=r.max_context_tokens,
-                on_episode_end=lambda _: bar.update())
+                reasoning_history=r.reasoning_history, on_episode_end=lambda _: bar.update())
         samples = build_samples(self._gather(trajs), r.context)
         optimizer = self.dist.prepare_optimizer(torch.optim.AdamW(self.model.parameters(), lr=s.lr))
         rng = np.random.default_rng(self.cfg.seed)
@@ -347,7 +349,8 @@ class Trainer:
             trajs = self._gather(self.envs.collect_eval(
                 self.sampler, episodes=e.episodes, num_envs=r.num_envs, context=r.context,
                 max_context_tokens=r.max_context_tokens, step_workers=r.step_workers,
-                mode=r.mode, greedy=e.greedy, on_episode_end=lambda _: bar.update()))
+                mode=r.mode, greedy=e.greedy, reasoning_history=r.reasoning_history,
+                on_episode_end=lambda _: bar.update()))
         metrics = episode_metrics(trajs, "eval")
         self.logger.log(self.update, metrics, phase=f"eval:{label}")
         self.logger.log_episodes(self.update, trajs[: self.cfg.log_episodes], phase=f"eval:{label}")

@@ -20,8 +20,9 @@ TRAINED = "action"
 
 
 def token_sources(traj: Trajectory, sample: Sample, context: str | ContextMode = "full") -> list[str]:
-    """One label per token of ``sample``: ``prompt`` (system and task), ``action`` (sampled
-    for a turn this sample trains), ``context-action`` (an earlier action shown as
+    """One label per token of ``sample``: ``prompt`` (system and task), ``history`` (the
+    conversation as the template re-rendered it, ``reasoning_history: strip``), ``action``
+    (sampled for a turn this sample trains), ``context-action`` (an earlier action shown as
     context), ``observation`` or ``tool`` (what the env said back, with the chat
     template's turn markers)."""
     mode = parse_context(context)
@@ -29,6 +30,9 @@ def token_sources(traj: Trajectory, sample: Sample, context: str | ContextMode =
     start = trained[0] if trained else sample.value_turns[0]
     first = 0 if mode.kind == "full" else max(0, start - mode.k)
     sources = ["prompt"] * len(traj.prompt_token_ids or [])
+    own = traj.turns[start].context_ids if start < traj.num_turns else None
+    if own is not None:  # history as the template rewrote it (reasoning_history=strip)
+        sources, first = ["history"] * len(own), start
     for t in range(first, start + len(trained)):
         turn = traj.turns[t]
         sources += [TRAINED if t >= start else "context-action"] * len(turn.token_ids or [])
