@@ -34,6 +34,7 @@ Requests: ``{"op": "run", "id", "code", "timeout_s", "cpu_s", "files"}`` and
 import ast
 import base64
 import builtins
+import errno
 import fcntl
 import io
 import json
@@ -68,10 +69,16 @@ def _on_xcpu(signum, frame):
     raise _Interrupt("cpu")
 
 
+# The interpreter's own tools, bound now: a cell that patches json, os or builtins for
+# its own ends must not break how its results get back.
+_dumps, _loads, _os_write = json.dumps, json.loads, os.write
+_exec, _eval, _compile, _repr, _print = builtins.exec, builtins.eval, builtins.compile, repr, print
+
+
 def _write_all(fd, data):
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[_os_write(fd, view):]
 
 
 def _text_stream(fd):
@@ -100,16 +107,16 @@ def interpreter_main(req_fd, done_fd):
             os._exit(0)
         cells += 1
         try:
-            req = json.loads(line)
+            req = _loads(line)
             n = req["n"]
             _reap_children()
             done = run_cell(ns, req, f"<cell {cells}>")
             done["n"] = n
-            data = (json.dumps(done) + "\n").encode()
+            data = (_dumps(done) + "\n").encode()
         except MemoryError:
             data = out_of_memory % n
         except BaseException as exc:  # a late interrupt, say: report, never die here
-            data = (json.dumps({"n": n, "outcome": "error", "exit_code": 1,
+            data = (_dumps({"n": n, "outcome": "error", "exit_code": 1,
                                 "message": f"{type(exc).__name__} raised"}) + "\n").encode()
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -149,8 +156,11 @@ def run_cell(ns, req, filename):
         execute(ns, req["code"], filename)
     except _Interrupt as exc:
         outcome, exit_code, message = "interrupted", None, str(exc.args[0] if exc.args else "")
-    except MemoryError as exc:
-        outcome, exit_code, message = "memory", 1, "memory limit exceeded"
+    except (MemoryError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno != errno.ENOMEM:
+            outcome, exit_code, message = "error", 1, f"{type(exc).__name__} raised"
+        else:  # ENOMEM: memfd_create and shared memory are refused as memory
+            outcome, exit_code, message = "memory", 1, "memory limit exceeded"
         print_user_traceback(exc, filename)
     except SystemExit as exc:
         code = exc.code
@@ -178,11 +188,11 @@ def execute(ns, code, filename):
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         last = ast.Expression(tree.body.pop().value)
-    exec(compile(tree, filename, "exec"), ns)
+    _exec(_compile(tree, filename, "exec"), ns)
     if last is not None:
-        value = eval(compile(last, filename, "eval"), ns)
+        value = _eval(_compile(last, filename, "eval"), ns)
         if value is not None:
-            print(repr(value))
+            _print(_repr(value))
 
 
 def _print_err(text):

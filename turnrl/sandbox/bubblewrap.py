@@ -356,7 +356,8 @@ class BubblewrapSandbox(Sandbox):
         if spawned and spawned[0].returncode is None and spawned[0].error:
             return ExecResult("", "", None, "infra_error", False, cap.duration_s,
                               f"the sandbox was lost: {spawned[0].error}")
-        if "child-pid" not in sandbox_status and not cap.timed_out:
+        if "exit-code" not in sandbox_status and not cap.timed_out:
+            # bwrap reports an exit code only once its setup is done and the monitor runs.
             return ExecResult("", "", None, "infra_error", False, cap.duration_s,
                               f"bwrap failed to set up the sandbox: {decode(cap.stderr).strip()[-1000:]}")
         return judge(cap, report, timeout_s=timeout, cpu_limit_s=cpu,

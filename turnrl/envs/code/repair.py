@@ -7,25 +7,32 @@ separately, so the feedback -- a **tool** observation headed ``Test Results:`` -
 every failing assertion with the value the function returned. The episode ends when all
 tests pass (reward 1, ``won``), or at the turn budget (``truncated``).
 
-Verdicts cannot be faked by the solution printing a success line: the test harness reads
-a fresh random token from stdin before the solution is loaded and prints it only with the
-real results; the token never appears in the program text.
+The verdict comes from :mod:`turnrl.envs.code.judge`: the tests run in a trusted judge
+process that the solution's process cannot read, write or signal its way into, and the
+solution's return values reach the judge as plain data. Nothing the solution prints, its
+exit status, or what it finds in its own process (``__main__``, ``sys.argv``, stdin,
+files) can make it pass; only returning the right values can. That needs a sandbox with
+the ``private_channel`` protection (bubblewrap); with another backend the env warns that
+verdicts can be forged.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
-import json
+import logging
 import math
 import secrets
 from typing import Any
 
 from turnrl.envs.base import InvalidAction, TextEnv
 from turnrl.envs.code._common import build_sandbox, truncate
+from turnrl.envs.code.judge import JUDGE_SOURCE, Verdict, judge_job, read_verdict
 from turnrl.envs.code.parsing import find_code_blocks
 from turnrl.errors import ConfigError
-from turnrl.sandbox import Limits, Sandbox
+from turnrl.sandbox import ExecResult, Limits, Sandbox
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CodeRepairEnv", "load_problems"]
 
@@ -37,33 +44,6 @@ def load_problems() -> tuple[dict[str, str], ...]:
 
     problems = read_problems()
     return tuple(problems[k] for k in sorted(problems, key=lambda k: int(k.split("/")[1])))
-
-
-# Runs inside the sandbox. Reads the verdict token, loads the solution, rewrites
-# check()'s top-level asserts so each one is run and reported, then prints the token with
-# the results as JSON.
-_HARNESS = r'''
-import json as __json, sys as __sys, traceback as __tb
-__token = __sys.stdin.readline().strip()
-__report = {"passed": 0, "failed": [], "load_error": None, "error": None}
-__ns = {"__name__": "__solution__"}
-try:
-    exec(compile(__SOLUTION, "solution.py", "exec"), __ns)
-    __candidate = __ns[__ENTRY]
-except BaseException as __e:
-    __report["load_error"] = "".join(__tb.format_exception_only(type(__e), __e)).strip()[-2000:]
-else:
-    def __fail(__src, __got):
-        __report["failed"].append({"assert": __src, "got": __got})
-    __ns["__fail"] = __fail
-    __ns["__report"] = __report
-    try:
-        exec(compile(__TESTS, "tests.py", "exec"), __ns)
-        __ns["check"](__candidate)
-    except BaseException as __e:
-        __report["error"] = "".join(__tb.format_exception_only(type(__e), __e)).strip()[-2000:]
-print(__token + __json.dumps(__report), flush=True)
-'''
 
 
 def _instrument_tests(test_src: str) -> tuple[str, int]:
@@ -86,7 +66,7 @@ def _instrument_tests(test_src: str) -> tuple[str, int]:
                 got = f"repr({ast.unparse(stmt.test.left)})[:300]"
             handler = ast.parse(
                 "try:\n    pass\nexcept AssertionError:\n"
-                f"    try:\n        __got = {got}\n    except BaseException as __e:\n"
+                f"    try:\n        __got = {got}\n    except Exception as __e:\n"
                 "        __got = type(__e).__name__\n"
                 f"    __fail({src!r}, __got)\n"
                 "except Exception as __e:\n"
@@ -152,6 +132,10 @@ class CodeRepairEnv(TextEnv):
         self.max_feedback_chars = max_feedback_chars
         self.partial_credit = bool(partial_credit)
         self.sandbox = build_sandbox(sandbox, limits)
+        if "private_channel" not in self.sandbox.protections:
+            logger.warning("CodeRepair on the %s sandbox: its verdicts can be forged by the "
+                           "solution (no private channel); use bubblewrap for training",
+                           self.sandbox.name)
         self.instructions = (
             "You write Python functions. Each task gives a function signature and "
             "docstring. Reply with the complete function (signature included, plus any "
@@ -211,57 +195,56 @@ class CodeRepairEnv(TextEnv):
             )
         return blocks[-1].code
 
-    def _program(self, code: str) -> str:
+    def _solution(self, code: str) -> str:
         prompt, entry = self._problem["prompt"], self._problem["entry_point"]
         # The prompt keeps its imports and helpers; a whole function redefines the stub,
         # a bare body completes it.
-        solution = f"{prompt}\n\n{code}" if _defines(code, entry) else prompt + code
-        return (f"__SOLUTION = {solution!r}\n__TESTS = {self._tests!r}\n__ENTRY = {entry!r}\n"
-                + _HARNESS)
+        return f"{prompt}\n\n{code}" if _defines(code, entry) else prompt + code
 
     def _step_action(self, command: str) -> tuple[str, float, bool, dict[str, Any]]:
-        token = secrets.token_hex(16)
-        result = self.sandbox.run(self._program(command), timeout_s=self.test_timeout_s,
-                                  stdin=token + "\n")
-        report = None
-        for line in result.stdout.splitlines():
-            if line.startswith(token):
-                try:
-                    report = json.loads(line[len(token):])
-                except ValueError:
-                    report = None
-        passed = int(report["passed"]) if report else 0
+        nonce = secrets.token_hex(16)
+        # The judge's own budget ends before the sandbox's, so it can still report which
+        # tests passed when the solution hangs.
+        budget = max(0.5 * self.test_timeout_s, self.test_timeout_s - 1.0)
+        job = judge_job(nonce=nonce, prompt=self._problem["prompt"],
+                        solution=self._solution(command), tests=self._tests,
+                        entry_point=self._problem["entry_point"], budget_s=budget)
+        result = self.sandbox.run(JUDGE_SOURCE, timeout_s=self.test_timeout_s, secret=job)
+        verdict = read_verdict(result.stdout, nonce) if result.status == "ok" else None
+        passed = verdict.passed if verdict else 0
         total = max(self._n_asserts, 1)
-        won = bool(report and result.status == "ok" and not report["failed"]
-                   and not report["error"] and not report["load_error"]
-                   and passed == self._n_asserts)
+        won = bool(verdict and not verdict.failed and not verdict.error
+                   and not verdict.load_error and passed == self._n_asserts)
         reward = 1.0 if won else (passed / total if self.partial_credit else 0.0)
-        obs = "Test Results:\n" + truncate(self._feedback(result, report, passed, won),
+        obs = "Test Results:\n" + truncate(self._feedback(result, verdict, passed, won),
                                            self.max_feedback_chars)
         return obs, reward, won, {
             "won": won, "obs_role": "tool", "expert_action": self._expert(),
             "metrics": {"tests_passed": passed / total}, "exec_status": result.status,
         }
 
-    def _feedback(self, result: Any, report: dict | None, passed: int, won: bool) -> str:
+    def _feedback(self, result: ExecResult, verdict: Verdict | None, passed: int,
+                  won: bool) -> str:
         if won:
             return f"All {self._n_asserts} tests passed."
-        if report is None:
+        if verdict is None:
             why = {"timeout": "the tests did not finish in time (infinite loop?)",
                    "memory": "the tests ran out of memory",
                    "infra_error": f"the sandbox failed ({result.message})"}.get(
-                       result.status, "the program stopped before reporting")
-            tail = (result.stderr or result.stdout)[-1500:]
-            return f"No verdict: {why}." + (f"\n{tail}" if tail.strip() else "")
-        if report["load_error"]:
-            return f"Your code could not be loaded:\n{report['load_error']}"
+                       result.status, "the judge stopped before reporting")
+            return f"No verdict: {why}."
+        if verdict.load_error:
+            return f"Your code could not be loaded:\n{verdict.load_error}" + _output(verdict)
         lines = [f"{passed} of {self._n_asserts} tests passed."]
-        for fail in report["failed"][:10]:
-            lines.append(f"FAILED: {fail['assert']}\n  got: {fail['got']}")
-        if len(report["failed"]) > 10:
-            lines.append(f"... and {len(report['failed']) - 10} more failures")
-        if report["error"]:
-            lines.append(f"The tests stopped with an error:\n{report['error']}")
-        if result.status != "ok" and result.message:
-            lines.append(f"[{result.message}]")
+        for fail in verdict.failed[:10]:
+            lines.append(f"FAILED: {fail.get('assert')}\n  got: {fail.get('got')}")
+        if len(verdict.failed) > 10:
+            lines.append(f"... and {len(verdict.failed) - 10} more failures")
+        if verdict.error:
+            lines.append(f"The tests stopped with an error:\n{verdict.error}" + _output(verdict))
         return "\n".join(lines)
+
+
+def _output(verdict: Verdict) -> str:
+    tail = verdict.output.strip()[-1000:]
+    return f"\nYour code's output:\n{tail}" if tail else ""
