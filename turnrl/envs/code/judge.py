@@ -54,7 +54,7 @@ def encode(value, depth=0):
         else:
             raise TypeError("cannot pass a %s between the judge and the solution"
                             % type(value).__name__)
-    if kind in "Nb":
+    if kind in ("N", "b"):
         return [kind, value]
     if kind == "i":
         return [kind, format(value, "x")]
@@ -90,7 +90,7 @@ def decode(data, depth=0):
         return rest[0]
     if kind == "y" and rest and type(rest[0]) is str:
         return bytes.fromhex(rest[0])
-    if kind in "ltSF" and rest and type(rest[0]) is list:
+    if kind in ("l", "t", "S", "F") and rest and type(rest[0]) is list:
         items = [decode(item, depth + 1) for item in rest[0]]
         return {"l": list, "t": tuple, "S": set, "F": frozenset}[kind](items)
     if kind == "d" and rest and type(rest[0]) is list:
@@ -121,15 +121,19 @@ def solution_main(requests, replies):
     if "error" in answer:
         os._exit(0)
     for line in lines:
-        call = json.loads(line)
         try:
-            answer = {"id": call["id"], "value": encode(function(*[decode(a) for a in call["args"]]))}
+            call = json.loads(line)
+            ident, args = call["id"], call["args"]
+        except (ValueError, TypeError, KeyError):
+            continue  # not from the judge
+        try:
+            answer = {"id": ident, "value": encode(function(*[decode(a) for a in args]))}
         except BaseException as exc:
-            answer = {"id": call["id"], "raised": [type(exc).__name__, str(exc)[:300]]}
+            answer = {"id": ident, "raised": [type(exc).__name__, str(exc)[:300]]}
         try:
             data = (json.dumps(answer) + "\n").encode()
         except BaseException as exc:
-            data = (json.dumps({"id": call["id"], "raised": [type(exc).__name__, ""]}) + "\n").encode()
+            data = (json.dumps({"id": ident, "raised": [type(exc).__name__, ""]}) + "\n").encode()
         write_all(replies, data)
     os._exit(0)
 
@@ -166,45 +170,49 @@ class Solution:
         except OSError:
             return
 
-    def ask(self, obj):
+    def ask(self, obj, ident=None):
+        """Send a request; the next answer (a JSON object on one line, with ``"id":
+        ident`` if given). Anything else -- the solution may write what it likes to its
+        own ends of the pipes -- is skipped."""
         try:
             write_all(self.requests, (json.dumps(obj) + "\n").encode())
         except OSError:
             pass  # it died; the read below says so
-        while b"\n" not in self.buf:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise OutOfTime()
-            ready, _, _ = select.select([self.replies, self.output], [], [], left)
-            if self.output in ready:
-                self.read_output()
-            if self.replies in ready:
-                try:
-                    chunk = os.read(self.replies, 1 << 20)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    raise SolutionGone("the solution's process exited")
-                self.buf += chunk
-                if len(self.buf) > MAX_LINE:
-                    raise SolutionGone("the solution sent an answer over the size limit")
-        line, self.buf = self.buf.split(b"\n", 1)
-        try:
-            answer = json.loads(line)
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise SolutionGone("the solution's process sent a malformed answer")
-        return answer
+        while True:
+            while b"\n" not in self.buf:
+                self.fill()
+            line, self.buf = self.buf.split(b"\n", 1)
+            try:
+                answer = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(answer, dict) and (ident is None or answer.get("id") == ident):
+                return answer
+
+    def fill(self):
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise OutOfTime()
+        ready, _, _ = select.select([self.replies, self.output], [], [], left)
+        if self.output in ready:
+            self.read_output()
+        if self.replies in ready:
+            try:
+                chunk = os.read(self.replies, 1 << 20)
+            except BlockingIOError:
+                return
+            if not chunk:
+                raise SolutionGone("the solution's process exited")
+            self.buf += chunk
+            if len(self.buf) > MAX_LINE:
+                raise SolutionGone("the solution sent an answer over the size limit")
 
     def call(self, *args, **kwargs):
         """The candidate function, as the tests see it."""
         if kwargs:
             raise TypeError("the judge passes positional arguments only")
         self.calls += 1
-        answer = self.ask({"id": self.calls, "args": [encode(a) for a in args]})
-        if answer.get("id") != self.calls:
-            raise SolutionGone("the solution's process answered another call")
+        answer = self.ask({"id": self.calls, "args": [encode(a) for a in args]}, self.calls)
         if "raised" in answer:
             name, message = [str(part) for part in (list(answer["raised"]) + ["", ""])[:2]]
             cls = getattr(builtins, name, None)
