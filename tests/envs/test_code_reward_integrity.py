@@ -10,6 +10,8 @@ tests can tell.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 import turnrl
@@ -193,6 +195,13 @@ def test_partial_credit_counts_only_real_passes(sandbox):
         assert reward == pytest.approx(4 / 7) and not won  # what `return True` really passes
     finally:
         env.close()
+
+
+def test_code_repair_warns_when_verdicts_could_be_forged(caplog):
+    unisolated = make_sandbox("process", unsafe=True)
+    with caplog.at_level(logging.WARNING, logger="turnrl.envs.code.repair"):
+        turnrl.make("turnrl/CodeRepair-v0", sandbox=unisolated, problems=[0]).close()
+    assert "its verdicts can be forged" in caplog.text
 
 
 # ------------------------------------------------------------------ CodeInterpreter

@@ -16,7 +16,8 @@ def test_auto_picks_the_strongest_available_and_logs_it(bwrap, caplog):
     with caplog.at_level(logging.INFO, logger="turnrl.sandbox"):
         sandbox = make_sandbox("auto")
     assert sandbox.name == "bubblewrap"
-    assert "using the bubblewrap backend" in caplog.text
+    assert "using the bubblewrap backend, enforcing" in caplog.text
+    assert "trusted_status" in caplog.text and "private_channel" in caplog.text
 
 
 def test_unknown_backend_names_the_choices():
@@ -81,6 +82,16 @@ def test_classify_maps_endings():
     assert classify(137, "", timed_out=True, timeout_s=2)[0] == "timeout"
     assert classify(None, "")[0] == "infra_error"
     assert classify(2, "boom")[0] == "runtime_error"
+
+
+def test_every_backend_says_what_it_does_not_enforce():
+    from turnrl.sandbox import PROTECTIONS
+    from turnrl.sandbox.docker import DockerSandbox
+
+    process = make_sandbox("process", unsafe=True, limits=FAST)
+    assert process.protections == frozenset()  # no isolation: nothing can be promised
+    assert DockerSandbox.protections == {"isolation", "cgroup_limits"}  # no trusted status
+    assert DockerSandbox.protections <= set(PROTECTIONS)
 
 
 def test_process_backend_runs_with_rlimits():

@@ -4,10 +4,16 @@
 Backends, strongest first (the order ``make_sandbox("auto")`` tries):
 
 ``bubblewrap``  Linux namespaces via ``bwrap``: no network, read-only system, private
-                tmpfs scratch, unprivileged uid, rlimits. Fast (tens of ms per run).
+                tmpfs scratch, unprivileged uid, rlimits, a seccomp filter; statuses and
+                session results that the code cannot forge. Fast (tens of ms per run).
+                The backend for RL: rewards computed from it cannot be faked.
 ``docker``      a container per run: cgroup limits, ``--network none``, read-only root.
-                Needs a Docker engine; slower to start.
+                Needs a Docker engine; slower to start. Its statuses and session results
+                can be forged by the code (see ``turnrl.sandbox.docker``).
 ``process``     rlimits only, no isolation; refused unless ``unsafe=True``.
+
+Each sandbox names what it enforces in ``sandbox.protections`` (see :data:`PROTECTIONS`);
+``make_sandbox`` logs it. docs/sandbox.md has the design and the threat model.
 
 Example:
     >>> from turnrl.sandbox import make_sandbox
@@ -25,6 +31,7 @@ from typing import Any
 from turnrl.errors import ConfigError, did_you_mean
 from turnrl.sandbox.base import (
     LANGUAGES,
+    PROTECTIONS,
     STATUSES,
     ExecResult,
     Limits,
@@ -36,7 +43,8 @@ from turnrl.sandbox.pool import PoolExhausted, SessionPool
 from turnrl.sandbox.session import Session
 
 __all__ = [
-    "BACKENDS", "ExecResult", "LANGUAGES", "Limits", "PoolExhausted", "STATUSES", "Sandbox",
+    "BACKENDS", "ExecResult", "LANGUAGES", "Limits", "PROTECTIONS", "PoolExhausted", "STATUSES",
+    "Sandbox",
     "SandboxUnavailable", "Session", "SessionPool", "Status", "available_backends",
     "make_sandbox",
 ]
@@ -99,7 +107,8 @@ def make_sandbox(backend: str | Sandbox = "auto", *, limits: Limits | None = Non
             except SandboxUnavailable as exc:
                 reasons.append(f"{name}: {exc}")
                 continue
-            logger.info("turnrl sandbox: using the %s backend%s", name,
+            logger.info("turnrl sandbox: using the %s backend, enforcing %s%s", name,
+                        ", ".join(sorted(sandbox.protections)) or "nothing",
                         f" (skipped: {'; '.join(reasons)})" if reasons else "")
             return sandbox
         raise SandboxUnavailable(

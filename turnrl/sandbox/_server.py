@@ -259,19 +259,21 @@ class Capture:
         self.fd = fd
         self.kept = bytearray()
         self.dropped = 0
+        self.eof = False  # the interpreter closed its end
         os.set_blocking(fd, False)
 
     def read(self):
-        """Read what is there; False at end-of-file."""
-        while True:
+        """Read what is there."""
+        while not self.eof:
             try:
                 chunk = os.read(self.fd, 65536)
             except BlockingIOError:
-                return True
+                return
             except OSError:
-                return False
+                chunk = b""
             if not chunk:
-                return False
+                self.eof = True
+                return
             room = OUTPUT_BYTES - len(self.kept)
             if room > 0:
                 self.kept += chunk[:room]
@@ -338,6 +340,17 @@ class Interpreter:
                 os.kill(self.pid, signal.SIGKILL)
             except OSError:
                 pass
+
+    def exited(self):
+        """Whether it has exited (reaping it if so), without waiting."""
+        if self.exit_code is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 0
+            if pid == self.pid:
+                self.exit_code, self.signal = exit_status(status)
+        return self.exit_code is not None
 
     def reap(self):
         """Wait for the (killed or exited) interpreter; its exit status."""
@@ -497,7 +510,7 @@ class Supervisor:
                 w.reap()
                 return None, "cpu"
             wait = (kill_at if kill_at is not None else deadline) - now
-            reads = [w.out.fd, w.err.fd, w.done_r]
+            reads = [c.fd for c in (w.out, w.err) if not c.eof] + [w.done_r]
             writes = [w.req_w] if pending else []
             try:
                 readable, writable, _ = select.select(reads, writes, [], max(0.0, min(wait, 0.1)))
@@ -519,9 +532,15 @@ class Supervisor:
                     chunk = os.read(w.done_r, 65536)
                 except OSError:
                     chunk = b""
-                if not chunk:  # the interpreter died
+                if not chunk:  # the interpreter died, or closed its end of the pipe
+                    for _ in range(50):  # a dying process closes its fds before it exits
+                        if w.exited():
+                            return None, "died" if how == "done" else how
+                        time.sleep(0.001)
+                    w.kill()
                     w.reap()
-                    return None, "died" if how == "done" else how
+                    closed = how == "done" and w.signal == signal.SIGKILL
+                    return None, "closed" if closed else "died" if how == "done" else how
                 done_buf += chunk
                 while b"\n" in done_buf:  # answers for another cell number are ignored
                     line, done_buf = done_buf.split(b"\n", 1)
@@ -547,6 +566,8 @@ class Supervisor:
         if lost:
             how_it_ended = (f"was killed by signal {w.signal}" if w.signal is not None
                             else f"exited with status {w.exit_code}")
+            if how == "closed":
+                how_it_ended = "closed its pipe to the supervisor and was stopped"
             return {"status": "runtime_error", "exit_code": w.exit_code, "restarted": True,
                     "message": f"the interpreter {how_it_ended}; it restarts with a fresh state "
                                "on the next call (files in the scratch directory are kept)"}

@@ -82,8 +82,15 @@ class Limits:
         wall_time_s: wall-clock seconds before the program is killed (``timeout``).
             :meth:`Sandbox.run` takes a per-call ``timeout_s`` that overrides it.
         cpu_time_s: CPU seconds (user + system) before the program is killed.
-        memory_mb: address-space limit in MiB (``RLIMIT_AS`` in bubblewrap/process, the
-            cgroup limit in docker). Hitting it gives status ``memory``.
+        memory_mb: memory limit in MiB. In bubblewrap and process it is each process's
+            address space (``RLIMIT_AS``); in docker, the container's cgroup limit. Hitting
+            it gives status ``memory``. Memory the address-space limit cannot see is
+            refused in bubblewrap (``memfd_create``, SysV shared memory and message
+            queues, POSIX message queues fail with ENOMEM, so also give ``memory``), and
+            files live on the two tmpfs mounts of ``scratch_mb`` each. One bubblewrap
+            sandbox therefore holds at most ``memory_mb * max_processes + 2 *
+            scratch_mb`` MiB; a limit on the sum would need cgroups, which unprivileged
+            users do not get.
         max_processes: processes and threads the program may have at once (fork bombs
             stop here). Counted per sandbox, so concurrent sandboxes do not share it.
         file_size_mb: largest file the program may write, in MiB.

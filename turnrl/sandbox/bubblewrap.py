@@ -176,14 +176,14 @@ class BubblewrapSandbox(Sandbox):
         for src, dest in self.ro_binds.items():
             if not os.path.isabs(src) or not os.path.isabs(dest):
                 raise ConfigError(f"ro_binds needs absolute paths, got {src!r} -> {dest!r}")
+        #: The hardening options this sandbox passes to bwrap: "seccomp", "disable_userns".
         self._hardening: frozenset[str] = frozenset()
         ok, reason, hardening = self._probe(bool(seccomp))
         if not ok:
             raise SandboxUnavailable(f"the bubblewrap sandbox cannot run here: {reason}")
         self._hardening = hardening
         self.protections = frozenset({"isolation", "trusted_status", "private_channel"}
-                                     | hardening
-                                     | ({"no_nested_userns"} if "seccomp" in hardening else set()))
+                                     | _protections_of(hardening))
 
     # ------------------------------------------------------------------ availability
     @classmethod
@@ -195,8 +195,8 @@ class BubblewrapSandbox(Sandbox):
         return True, ""
 
     def _probe(self, want_hardening: bool) -> tuple[bool, str, frozenset[str]]:
-        """Can bwrap run here, and with which of seccomp / no_nested_userns? Tried once
-        per configuration, strongest first."""
+        """Can bwrap run here, and with which hardening options? Tried once per
+        configuration, strongest first; what cannot be enforced is logged as a warning."""
         if not self.bwrap or not os.access(self.bwrap, os.X_OK):
             return False, ("`bwrap` not found; install it (Debian/Ubuntu: "
                            "`apt-get install bubblewrap`) or pass bwrap='/path/to/bwrap'"), frozenset()
@@ -208,19 +208,19 @@ class BubblewrapSandbox(Sandbox):
             if key in self._probe_cache:
                 return self._probe_cache[key]
             options = bwrap_options(self.bwrap)
-            wanted = set()
-            if want_hardening and "--disable-userns" in options:
-                wanted.add("no_nested_userns")
+            available = set()
             if want_hardening and "--seccomp" in options and _seccomp.compile_filter():
-                wanted.add("seccomp")
-            tries = [frozenset(wanted), frozenset(wanted - {"no_nested_userns"}), frozenset()]
+                available.add("seccomp")
+            if want_hardening and "--disable-userns" in options:
+                available.add("disable_userns")
+            tries = [frozenset(available), frozenset(available - {"disable_userns"}), frozenset()]
             failures = []
             for hardening in dict.fromkeys(tries):
                 self._hardening = hardening
                 result = self.run("print('ok')", timeout_s=20.0)
                 if result.ok and result.stdout.strip() == "ok":
-                    missing = {"seccomp", "no_nested_userns"} - hardening if want_hardening else set()
-                    if missing:
+                    missing = {"seccomp", "no_nested_userns"} - _protections_of(hardening)
+                    if want_hardening and missing:
                         logger.warning("turnrl bubblewrap sandbox: not enforced here: %s (%s)",
                                        ", ".join(sorted(missing)),
                                        "; ".join(failures) or _why_missing(missing, options))
@@ -244,7 +244,7 @@ class BubblewrapSandbox(Sandbox):
         # (no controlling terminal), and the sandbox's pid 1 must stay in bwrap's process
         # group so that one killpg ends the sandbox at any point of its start-up.
         args = ["--unshare-all", "--die-with-parent"]
-        if "no_nested_userns" in self._hardening:
+        if "disable_userns" in self._hardening:
             args += ["--unshare-user", "--disable-userns"]
         args += ["--uid", str(self.uid), "--gid", str(self.uid), "--hostname", "sandbox",
                  "--ro-bind", "/usr", "/usr"]
@@ -398,6 +398,17 @@ class BubblewrapSandbox(Sandbox):
             fds.close()
         return PipeChannel(child, req_w=req_w, rep_r=rep_r, diag_r=diag_r,
                            max_line_bytes=12 * limits.output_bytes + (1 << 20))
+
+
+def _protections_of(hardening: frozenset[str]) -> set[str]:
+    # The filter refuses unshare/clone with CLONE_NEWUSER, so it also rules out nested
+    # user namespaces where bwrap has no --disable-userns.
+    protections = set()
+    if "seccomp" in hardening:
+        protections |= {"seccomp", "no_nested_userns"}
+    if "disable_userns" in hardening:
+        protections.add("no_nested_userns")
+    return protections
 
 
 def _why_missing(missing: set[str], options: frozenset[str]) -> str:
