@@ -155,6 +155,27 @@ def has_close_elements(numbers, threshold):
     return True
 """
 
+#: A daemon that outlives the solution, steals the judge's report (and with it the nonce)
+#: off the sandbox's stdout pipe and writes a forged one. Reachable when turnrl runs as a
+#: normal user: the pipe then belongs to the sandbox's uid.
+STEAL_THE_REPORT = r"""
+import json, os
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        fd = os.open("/proc/1/fd/1", os.O_RDONLY)
+        data = b""
+        while b"\n" not in data:
+            data += os.read(fd, 65536)
+        fake = {"passed": 7, "failed": [], "load_error": None, "error": None, "output": ""}
+        out = os.open("/proc/1/fd/1", os.O_WRONLY)
+        os.write(out, (data[:32].decode() + json.dumps(fake) + "\n").encode())
+        os._exit(0)
+    os._exit(0)
+def has_close_elements(numbers, threshold):
+    return True
+"""
+
 EXIT_AT_LOAD = "import sys\nsys.exit(0)"
 EXIT_IN_CALL = "def has_close_elements(numbers, threshold):\n    import os\n    os._exit(0)"
 
@@ -165,6 +186,7 @@ REPAIR_ATTACKS = {
     "patched builtins": PATCH_EVERYTHING,
     "writing every fd": WRITE_EVERY_FD,
     "killing the judge": KILL_THE_JUDGE,
+    "stealing the report": STEAL_THE_REPORT,
     "sys.exit at load": EXIT_AT_LOAD,
     "os._exit in the call": EXIT_IN_CALL,
 }
@@ -185,6 +207,85 @@ def test_code_repair_cannot_be_won_without_solving(attack, sandbox):
         assert (reward, step_info["won"]) == (1.0, True)
     finally:
         env.close()
+
+
+UNPRIVILEGED_HOST = r"""
+import json, sys
+import turnrl
+from turnrl.sandbox import make_sandbox
+attacks = json.loads(sys.stdin.read())
+sandbox = make_sandbox("bubblewrap")
+repair = turnrl.make("turnrl/CodeRepair-v0", sandbox=sandbox, problems=[0], max_turns=1,
+                     test_timeout_s=5.0)
+wins = {}
+for name, code in attacks["repair"].items():
+    wins[name] = 0
+    for _ in range(10 if name == "stealing the report" else 1):
+        repair.reset(seed=0)
+        _, reward, _, _, info = repair.step("```python\n" + code + "\n```")
+        wins[name] += reward > 0 or info["won"]
+_, info = repair.reset(seed=0)
+wins["expert"] = repair.step(info["expert_action"])[1]
+interpreter = turnrl.make("turnrl/CodeInterpreter-v0", sandbox=sandbox, tasks=["gcd"],
+                          max_code_calls=10)
+cell = lambda code: interpreter.step("```python\n" + code + "\n```")[0]
+interpreter.reset(seed=3)
+cell("x = 1")
+cell(attacks["forge"])
+after_forging = cell("print(x + 41)")
+cell(attacks["haunt"])
+interpreter.reset(seed=4)
+next_episode = cell("import os\nprint(6 * 7, 'HAUNTED' in os.environ)")
+wins["clean"] = [after_forging, next_episode] == ["Code Execution Results:\n42",
+                                                  "Code Execution Results:\n42 False"]
+print(json.dumps(wins))
+"""
+
+
+def unprivileged_python() -> tuple[list[str], dict]:
+    """``(argv prefix, subprocess kwargs)`` to run this test environment's Python as uid
+    65534 (when the tests run as root), or skip: the point is turnrl run by a normal user,
+    whose sandboxes share its uid."""
+    import os
+    import site
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    project = str(Path(turnrl.__file__).resolve().parent.parent)
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/",
+           "PYTHONPATH": os.pathsep.join([project, *site.getsitepackages()])}
+    if os.geteuid() != 0:
+        return [sys.executable], {"env": env}
+    as_nobody = {"user": 65534, "group": 65534, "extra_groups": [], "env": env, "cwd": "/"}
+    version = "import sys; print(sys.version_info[:2])"
+    for python in (sys.executable, "/usr/bin/python3"):  # a venv under /root is out of reach
+        try:
+            out = subprocess.run([python, "-c", version], capture_output=True, text=True,
+                                 timeout=30, **as_nobody)
+        except OSError:
+            continue
+        if out.returncode == 0 and out.stdout.strip() == str(sys.version_info[:2]):
+            return [python], as_nobody
+    pytest.skip("no Python of this version that uid 65534 can run")
+
+
+def test_the_suite_holds_for_an_unprivileged_host(sandbox):
+    """Run as a normal user's turnrl (not root), the sandbox's processes share the host's
+    uid, so more of the sandbox is reachable -- bwrap's stdio pipes above all, through
+    which a daemon could steal the judge's report and forge one. The attacks again, from
+    a host process with uid 65534."""
+    import json
+    import subprocess
+
+    argv, kwargs = unprivileged_python()
+    attacks = {"repair": REPAIR_ATTACKS, "forge": FORGE_PROTOCOL, "haunt": HAUNT}
+    proc = subprocess.run([*argv, "-c", UNPRIVILEGED_HOST], input=json.dumps(attacks),
+                          capture_output=True, text=True, timeout=300, **kwargs)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wins = json.loads(proc.stdout.splitlines()[-1])
+    assert (wins.pop("expert"), wins.pop("clean")) == (1.0, True)
+    assert wins == dict.fromkeys(REPAIR_ATTACKS, 0)
 
 
 def test_partial_credit_counts_only_real_passes(sandbox):

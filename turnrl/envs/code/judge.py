@@ -232,6 +232,41 @@ def make_non_dumpable():
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")
 
 
+def stop_the_solution(pid, private_pids):
+    """Kill the solution and everything it started; whether that worked. In a private pid
+    namespace that is every process but pid 1, our parent (the sandbox's monitor) and us;
+    without one (no isolation), only the solution's process group can be found."""
+    if not private_pids:
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        return True
+    keep = {1, os.getpid(), os.getppid()}
+    for _ in range(200):
+        others = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in keep:
+                continue
+            try:
+                with open("/proc/%s/stat" % entry, "rb") as f:
+                    state = f.read().rsplit(b")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state not in (b"Z", b"X"):
+                others.append(int(entry))
+        if not others:
+            return True
+        for other in others:
+            try:
+                os.kill(other, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.001)
+    return False
+
+
 def read_job():
     data = b""
     while True:
@@ -295,10 +330,10 @@ def main():
         report["error"] = "the tests stopped: %s" % exc
     except BaseException as exc:
         report["error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()[-2000:]
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
+    # Nothing of the solution may outlive this point: a process it left behind could read
+    # the report off the stdout pipe (through /proc/1/fd/1) and write a forged one.
+    if not stop_the_solution(pid, bool(job.get("private_pids"))):
+        os._exit(3)  # fail closed: no report, no verdict
     solution.read_output()
     report["output"] = solution.captured.decode("utf-8", "replace")[-2000:]
     write_all(1, (job["nonce"] + json.dumps(report) + "\n").encode())
@@ -321,10 +356,16 @@ class Verdict:
 
 
 def judge_job(*, nonce: str, prompt: str, solution: str, tests: str, entry_point: str,
-              budget_s: float) -> bytes:
-    """The job (the run's ``secret``): everything the judge must keep from the solution."""
+              budget_s: float, private_pids: bool) -> bytes:
+    """The job (the run's ``secret``): everything the judge must keep from the solution.
+
+    ``private_pids``: the sandbox has a pid namespace of its own, so the judge may kill
+    every other process in it before it reports (pass ``"isolation" in
+    sandbox.protections``; never true without isolation, where it would mean every
+    process of the uid)."""
     return json.dumps({"nonce": nonce, "prompt": prompt, "solution": solution, "tests": tests,
-                       "entry_point": entry_point, "budget_s": budget_s}).encode()
+                       "entry_point": entry_point, "budget_s": budget_s,
+                       "private_pids": private_pids}).encode()
 
 
 def read_verdict(stdout: str, nonce: str) -> Verdict | None:

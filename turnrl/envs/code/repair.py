@@ -208,7 +208,8 @@ class CodeRepairEnv(TextEnv):
         budget = max(0.5 * self.test_timeout_s, self.test_timeout_s - 1.0)
         job = judge_job(nonce=nonce, prompt=self._problem["prompt"],
                         solution=self._solution(command), tests=self._tests,
-                        entry_point=self._problem["entry_point"], budget_s=budget)
+                        entry_point=self._problem["entry_point"], budget_s=budget,
+                        private_pids="isolation" in self.sandbox.protections)
         result = self.sandbox.run(JUDGE_SOURCE, timeout_s=self.test_timeout_s, secret=job)
         verdict = read_verdict(result.stdout, nonce) if result.status == "ok" else None
         passed = verdict.passed if verdict else 0
