@@ -3,11 +3,16 @@ several workers.
 
     python benchmarks/sandbox_latency.py                  # all available backends
     python benchmarks/sandbox_latency.py --runs 200 --workers 2 --out results.json
+    PYTHONPATH=/path/to/other/checkout python benchmarks/sandbox_latency.py  # that turnrl
 
 Measures, per backend: one-shot ``Sandbox.run`` latency (a fresh sandbox per run),
-``Session.run`` latency on a warm session, and one-shot runs/s with ``--workers``
-threads. Backends that cannot run here are listed with the reason. The process backend
-(no isolation) is measured as a floor. Prints a table and writes JSON.
+``Session.run`` latency on a warm session, the start of a session and its ``reset()``
+(what ``CodeInterpreter-v0`` does between episodes), and one-shot runs/s with
+``--workers`` threads. Backends that cannot run here are listed with the reason. The
+process backend (no isolation) is measured as a floor. Prints a table and writes JSON.
+
+turnrl is imported from ``PYTHONPATH`` when set, else from this checkout, so one script
+can time two checkouts side by side.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # after PYTHONPATH
 
+import turnrl  # noqa: E402
 from turnrl.sandbox import SandboxUnavailable, make_sandbox  # noqa: E402
 
 CODE = "print(1)"
@@ -75,12 +81,16 @@ def bench(name: str, runs: int, workers: int, seconds: float) -> dict:
     with sandbox.session() as session:
         session.run(CODE)
         sess_lat, sess_fail = time_calls(lambda: session.run(CODE), runs)
-    start_lat = []
+    start_lat, reset_lat = [], []
     for _ in range(min(runs, 20)):
         s = sandbox.session()
         t0 = time.perf_counter()
         s.start()
         start_lat.append(time.perf_counter() - t0)
+        s.run("x = 1")
+        t0 = time.perf_counter()
+        s.reset()
+        reset_lat.append(time.perf_counter() - t0)
         s.close()
     rps, tp_fail = throughput(sandbox, workers, seconds)
     sandbox.close()
@@ -91,6 +101,8 @@ def bench(name: str, runs: int, workers: int, seconds: float) -> dict:
         "session_p50_ms": ms(statistics.median(sess_lat)),
         "session_p95_ms": ms(percentile(sess_lat, 0.95)),
         "session_start_p50_ms": ms(statistics.median(start_lat)),
+        "session_reset_p50_ms": ms(statistics.median(reset_lat)),
+        "protections": sorted(getattr(sandbox, "protections", ())),
         "workers": workers, "runs_per_s": round(rps, 1),
         "failures": run_fail + sess_fail + tp_fail,
     }
@@ -107,9 +119,10 @@ def main() -> None:
 
     rows = [bench(name, args.runs, args.workers, args.seconds) for name in args.backends.split(",")]
     header = ["backend", "run p50 ms", "run p95 ms", "session p50 ms", "session p95 ms",
-              "session start ms", f"runs/s ({args.workers} workers)", "failures"]
+              "session start ms", "session reset ms", f"runs/s ({args.workers} workers)",
+              "failures"]
     keys = ["backend", "run_p50_ms", "run_p95_ms", "session_p50_ms", "session_p95_ms",
-            "session_start_p50_ms", "runs_per_s", "failures"]
+            "session_start_p50_ms", "session_reset_p50_ms", "runs_per_s", "failures"]
     table = [[str(r.get(k, "")) for k in keys] for r in rows if r["available"]]
     widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h)
               for i, h in enumerate(header)]
@@ -128,20 +141,21 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"turnrl from {Path(turnrl.__file__).parent}; wrote {out}")
 
 
 def markdown(report: dict) -> str:
     """The results as a Markdown table (used by ``benchmarks/report.py``)."""
     lines = [f"| backend | run p50 | run p95 | session cell p50 / p95 | session start | "
-             f"runs/s, {report['workers']} workers |", "|---|---|---|---|---|---|"]
+             f"session reset | runs/s, {report['workers']} workers |",
+             "|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         if not r["available"]:
-            lines.append(f"| {r['backend']} | not measured: {r['reason'][:80]} | | | | |")
+            lines.append(f"| {r['backend']} | not measured: {r['reason'][:80]} | | | | | |")
             continue
         lines.append(f"| {r['backend']} | {r['run_p50_ms']} ms | {r['run_p95_ms']} ms | "
                      f"{r['session_p50_ms']} / {r['session_p95_ms']} ms | {r['session_start_p50_ms']} ms | "
-                     f"{r['runs_per_s']} |")
+                     f"{r.get('session_reset_p50_ms', '')} ms | {r['runs_per_s']} |")
     return "\n".join(lines)
 
 
