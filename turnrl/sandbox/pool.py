@@ -131,7 +131,8 @@ class SessionPool:
         with self._cond:
             self._in_use.discard(id(session))
             closed = self._closed
-        healthy = not closed and session.reset()
+        session.reset()
+        healthy = not closed and session.start() is None
         with self._cond:
             if healthy and not self._closed:
                 self._idle.append(session)

@@ -413,13 +413,13 @@ class Session:
             message=note + str(reply.get("message", "")),
         )
 
-    def reset(self) -> bool:
-        """Forget everything: the sandbox is replaced by a new one (tens of milliseconds
-        with bubblewrap), so nothing a cell did survives. Returns whether the new one
-        started (if not, the next :meth:`run` tries again and reports why)."""
+    def reset(self) -> None:
+        """Forget everything: the sandbox is closed, and the next :meth:`run` (or
+        :meth:`start`) starts a new one -- tens of milliseconds with bubblewrap -- so
+        nothing a cell did survives: variables, modules, patched builtins, environment,
+        rlimits, files, permissions, threads, processes."""
         with self._lock:
             self._kill()
-            return self._ensure_started() is None
 
 
 def _infra(message: str, t0: float | None = None) -> ExecResult:

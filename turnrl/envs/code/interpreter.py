@@ -181,9 +181,8 @@ class CodeInterpreterEnv(TextEnv):
         index = int(rng.integers(_DATASET_SIZE))
         self._entry = self._dataset(self._task_name)[index]
         self._code_calls = 0
-        if self._session is not None and not self._session.reset():
-            self._session.close()
-            self._session = None
+        if self._session is not None:
+            self._session.reset()  # a new sandbox for the next code call: nothing carries over
         question = str(self._entry["question"])
         obs = (f"Task: {question}\n\nYou can run Python code (up to {self.max_code_calls} "
                f"times). Give your final answer as {self.answer_open}answer{self.answer_close}.")
