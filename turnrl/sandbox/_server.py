@@ -61,12 +61,19 @@ class _Interrupt(BaseException):
     """Raised into a cell by a limit; a BaseException so ``except Exception`` misses it."""
 
 
+#: Whether a cell is running: a limit's signal that arrives late, after the cell, is
+#: dropped instead of breaking the interpreter's own code.
+_IN_CELL = [False]
+
+
 def _on_alarm(signum, frame):
-    raise _Interrupt("wall")
+    if _IN_CELL[0]:
+        raise _Interrupt("wall")
 
 
 def _on_xcpu(signum, frame):
-    raise _Interrupt("cpu")
+    if _IN_CELL[0]:
+        raise _Interrupt("cpu")
 
 
 # The interpreter's own tools, bound now: a cell that patches json, os or builtins for
@@ -95,30 +102,28 @@ def interpreter_main(req_fd, done_fd):
     sys.stderr = sys.__stderr__ = _text_stream(2)
     sys.stdin = sys.__stdin__ = open(os.devnull)
     sys.path.insert(0, SCRATCH)
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.signal(signal.SIGXCPU, _on_xcpu)
+    own_streams = (sys.stdout, sys.stderr)
     requests = os.fdopen(req_fd, "rb")
     # Prepared now, while memory is free: the answer when even that runs out.
     out_of_memory = b'{"n": %d, "outcome": "memory", "message": "memory exhausted"}\n'
-    cells = n = 0
+    n = 0
     while True:
         line = requests.readline()
         if not line:
             os._exit(0)
-        cells += 1
         try:
             req = _loads(line)
             n = req["n"]
             _reap_children()
-            done = run_cell(ns, req, f"<cell {cells}>")
+            done = run_cell(ns, req, f"<cell {n}>")
             done["n"] = n
             data = (_dumps(done) + "\n").encode()
         except MemoryError:
             data = out_of_memory % n
-        except BaseException as exc:  # a late interrupt, say: report, never die here
+        except BaseException as exc:  # whatever happened, answer; never die here
             data = (_dumps({"n": n, "outcome": "error", "exit_code": 1,
-                                "message": f"{type(exc).__name__} raised"}) + "\n").encode()
-        for stream in (sys.stdout, sys.stderr):
+                            "message": f"{type(exc).__name__} raised"}) + "\n").encode()
+        for stream in (sys.stdout, sys.stderr, *own_streams):
             try:
                 stream.flush()
             except BaseException:
@@ -144,7 +149,11 @@ def run_cell(ns, req, filename):
     """Run one cell; ``{"outcome", "exit_code", "message"}`` (outcome: ok, error, memory,
     exit or interrupted -- the supervisor decides the status)."""
     outcome, exit_code, message = "ok", 0, ""
+    # Our handlers again (a cell may have replaced them), armed only while the cell runs.
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(signal.SIGXCPU, _on_xcpu)
     try:
+        _IN_CELL[0] = True
         try:
             for name, b64 in (req.get("files") or {}).items():
                 path = os.path.join(SCRATCH, name)
@@ -177,7 +186,8 @@ def run_cell(ns, req, filename):
         outcome, exit_code, message = "error", 1, f"{type(exc).__name__} raised"
         print_user_traceback(exc, filename)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        _IN_CELL[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)  # an alarm the cell set must not fire later
     return {"outcome": outcome, "exit_code": exit_code, "message": message}
 
 
@@ -479,7 +489,8 @@ class Supervisor:
 
     def drive(self, w, payload, n, timeout_s, cpu_soft):
         """Send the cell and follow it to its end: ``(done message or None, how)`` where
-        how is "done", "died", "wall" (interrupted, then done or killed) or "cpu"."""
+        how is "done", "died", "closed" (it closed its done pipe and was killed), "wall"
+        (interrupted, then done or killed) or "cpu" (killed past the CPU limit)."""
         t0 = time.monotonic()
         deadline = t0 + timeout_s
         kill_at = None
@@ -533,14 +544,7 @@ class Supervisor:
                 except OSError:
                     chunk = b""
                 if not chunk:  # the interpreter died, or closed its end of the pipe
-                    for _ in range(50):  # a dying process closes its fds before it exits
-                        if w.exited():
-                            return None, "died" if how == "done" else how
-                        time.sleep(0.001)
-                    w.kill()
-                    w.reap()
-                    closed = how == "done" and w.signal == signal.SIGKILL
-                    return None, "closed" if closed else "died" if how == "done" else how
+                    return None, self.ended(w, how)
                 done_buf += chunk
                 while b"\n" in done_buf:  # answers for another cell number are ignored
                     line, done_buf = done_buf.split(b"\n", 1)
@@ -550,6 +554,20 @@ class Supervisor:
                         continue
                     if isinstance(message, dict) and message.get("n") == n:
                         return message, how
+
+    @staticmethod
+    def ended(w, how):
+        """The done pipe hit end-of-file: reap the interpreter (killing it if it only closed
+        the pipe); how the cell ended."""
+        for _ in range(50):  # a dying process closes its fds just before it exits
+            if w.exited():
+                return "died" if how == "done" else how
+            time.sleep(0.001)
+        w.kill()
+        w.reap()
+        if how != "done":
+            return how
+        return "closed" if w.signal == signal.SIGKILL else "died"
 
     def status(self, w, done, how, timeout_s, cpu_s, cpu_soft):
         cpu = cpu_seconds(w.pid) if w.alive() else None
