@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -359,6 +360,26 @@ def test_memory_exhausted_while_formatting_a_traceback(bwrap):
         assert "Huge" in result.stderr
         assert s.run("print(1)").stdout == "1\n"
     assert bwrap.run(code).status in ("memory", "runtime_error")
+
+
+def test_a_lost_spawner_is_an_infra_error_and_the_next_run_works(bwrap):
+    from turnrl.sandbox._spawner import spawner_for
+
+    spawner = spawner_for(bwrap.python, bwrap._spawner_user())
+    session = bwrap.session()
+    session.run("x = 1")
+    killer = threading.Timer(0.5, os.kill, (spawner.pid, signal.SIGKILL))
+    killer.start()
+    try:
+        lost = bwrap.run("import time\ntime.sleep(10)", timeout_s=10)
+        cell = session.run("print(x)")
+    finally:
+        killer.join()
+    assert lost.status == "infra_error" and "lost" in lost.message, lost
+    assert cell.status in ("infra_error", "runtime_error")  # its sandbox died with the spawner
+    assert bwrap.run("print(1)").stdout == "1\n"  # a new spawner
+    assert session.run("print(2)").stdout == "2\n"
+    session.close()
 
 
 # ------------------------------------------------------------------ 9. orphans

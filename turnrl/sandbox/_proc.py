@@ -80,6 +80,8 @@ try:
         finally:
             os._exit(127)
     os.close(err_w)
+    if cfg.get("secret_fd") is not None:
+        os.close(cfg["secret_fd"])  # the program has its copy
     error = b""
     while True:
         chunk = os.read(err_r, 4096)

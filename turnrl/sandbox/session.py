@@ -392,6 +392,9 @@ class Session:
             diag = chan.diagnostics().strip()
             self._kill()
             self.restarts += 1
+            if exit_code is None:  # not even bwrap's status: the sandbox was lost
+                return _infra(note + "the session's sandbox was lost during the cell "
+                              f"(its spawner died?): {diag[-500:]}", t0)
             return ExecResult(
                 "", diag[-2000:], exit_code, "runtime_error", False, duration,
                 note + "the session's sandbox exited during the cell (the code killed its "
