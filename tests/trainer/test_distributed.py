@@ -55,6 +55,13 @@ CASES = {
     "grpo": ["algorithm.name=grpo", "rollout.group_size=4", "rollout.episodes_per_update=12",
              "rollout.context=window(1)", "algorithm.loss_agg=seq-mean-token-mean",
              "optim.minibatch_size=12", "optim.micro_batch_size=2"],
+    # the memory levers: chunked logprobs, gradient checkpointing (policy and separate
+    # critic), token-budget micro-batches (samples of ~184 tokens, up to 4 per pass; the
+    # ranks' packings differ in count, so one rank runs a dummy pass)
+    "ppo-lean": ["algorithm.name=ppo", "algorithm.kl_coef=0.05", "algorithm.entropy_coef=0.01",
+                 "rollout.episodes_per_update=7", "optim.minibatch_size=7",
+                 "model.logprob_chunk_tokens=16", "model.gradient_checkpointing=true",
+                 "optim.max_tokens_per_micro_batch=740"],
 }
 #: Logged by both runs and compared.
 METRICS = ("policy_loss", "entropy", "kl_ref", "value_loss", "clipfrac", "approx_kl",

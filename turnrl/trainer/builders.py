@@ -20,7 +20,8 @@ from turnrl.trainer.corpus import env_text_corpus
 from turnrl.trainer.critic import ValueHead, ValueModel
 from turnrl.trainer.logging import phase
 
-__all__ = ["build_tiny_model", "with_lora", "build_critic", "frozen_copy", "build_engine"]
+__all__ = ["build_tiny_model", "with_lora", "build_critic", "frozen_copy", "build_engine",
+           "enable_gradient_checkpointing"]
 
 
 def build_tiny_model(path: Path, entries: Sequence[SuiteEntry], spec: dict[str, Any], *,
@@ -52,19 +53,37 @@ def with_lora(model: Any, spec: dict[str, Any]) -> Any:
     return get_peft_model(model, lora)
 
 
-def build_critic(kind: str, model_path: str, hidden_size: int, device: Any) -> torch.nn.Module | None:
+def build_critic(kind: str, model_path: str, hidden_size: int, device: Any, *,
+                 dtype: torch.dtype | None = None,
+                 gradient_checkpointing: bool = False) -> torch.nn.Module | None:
     """The critic ``kind`` names: ``separate`` (own backbone from ``model_path`` + value
     head), ``shared`` (linear head on the policy's hidden state), ``head`` (MLP on the
-    detached hidden state, VL-DAC) or ``none``."""
+    detached hidden state, VL-DAC) or ``none``.
+
+    Args:
+        dtype: the separate critic's backbone weights (the policy's dtype; None: as saved).
+            Value heads stay float32 and read the hidden state in float32.
+        gradient_checkpointing: for the separate critic's backbone.
+    """
     if kind == "none":
         return None
     if kind == "separate":
-        critic = ValueModel.from_pretrained(model_path)
+        critic = ValueModel.from_pretrained(model_path, **({"dtype": dtype} if dtype else {}))
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(critic.backbone)
     elif kind == "head":
         critic = ValueHead(hidden_size, hidden_dim=hidden_size, detach=True)
     else:
         critic = ValueHead(hidden_size)
     return critic.to(device)
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each transformer layer's activations in backward instead of keeping them
+    (Hugging Face gradient checkpointing, non-reentrant: same gradients, no input that
+    must require grad, works with peft adapters). Active in training mode only, so
+    scoring and generation (eval mode) run as before."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -49,10 +49,27 @@ class ModelConfig:
     #: Build a tiny model from scratch (offline): hidden_size, num_layers, vocab_size,
     #: corpus_seeds (env seeds whose text trains the tokenizer).
     tiny: dict[str, Any] | None = None
-    #: float32 | bfloat16 | float16; default bfloat16 on CUDA, float32 on CPU.
+    #: Weights and activations: float32 | bfloat16 | float16; null: bfloat16 on CUDA,
+    #: float32 on CPU. Whatever the weights, logprobs, entropy, values, advantages and every
+    #: loss are computed in float32 (the LM head's output is cast before the softmax;
+    #: value heads stay float32). bfloat16 halves the weights', gradients' and optimizer
+    #: state's memory and runs on tensor cores, but full fine-tuning then keeps no float32
+    #: master copy: an update smaller than ~1/256 of a weight is rounded away, so with a
+    #: small optim.lr prefer LoRA (peft keeps adapters in float32) or float32. float16
+    #: needs loss scaling, which turnrl does not do: not for training.
     dtype: str | None = None
     #: cpu | cuda | cuda:N; default CUDA when available.
     device: str | None = None
+    #: Recompute each transformer layer's activations in backward instead of keeping them
+    #: (policy, and a separate critic's backbone): activation memory of one layer instead
+    #: of all, for ~30% more compute per update; same gradients.
+    gradient_checkpointing: bool = False
+    #: Compute logprobs and entropy from the final hidden states, applying the LM head to
+    #: this many positions at a time (and recomputing each chunk's logits in backward), so
+    #: that no [tokens, vocab] logits tensor exists: its memory grows with the chunk, not
+    #: the context (vocab 151,936: 0.6 MB per position in float32). 0: the full logits at
+    #: once. Same values up to float rounding; e.g. 1024.
+    logprob_chunk_tokens: int = 0
     #: Critic: "separate" (own backbone + value head; ppo's default), "shared" (linear
     #: head on the policy's last hidden state; value gradients also train the backbone),
     #: "head" (MLP on the detached last hidden state: value learning never moves the
@@ -191,6 +208,12 @@ class OptimConfig:
     #: Samples per forward pass (gradient accumulation over minibatch / micro).
     micro_batch_size: int = 4
     max_grad_norm: float = 1.0
+    #: Form forward passes by tokens instead of samples (scoring, updates, SFT): each
+    #: process's share of a minibatch is sorted by length and packed greedily into
+    #: micro-batches of at most this many padded tokens (a longer sample gets one of its
+    #: own), so one long episode no longer sets the peak; micro_batch_size is then not
+    #: used. Losses keep the minibatch's normalisation (same gradients). 0 or null: off.
+    max_tokens_per_micro_batch: int | None = None
 
 
 @dataclass
@@ -323,6 +346,8 @@ def _check_model(c: TrainConfig) -> list[str]:
         if m.critic not in allowed:
             e.append(f"model.critic {m.critic!r} does not go with algorithm {c.algorithm.name}: "
                      f"use {' or '.join(map(repr, allowed))} (or leave it null)")
+    if m.logprob_chunk_tokens < 0:
+        e.append(f"model.logprob_chunk_tokens must be >= 0 (0: full logits), got {m.logprob_chunk_tokens}")
     if m.tiny is not None:
         e += _check_tiny(m.tiny)
     if m.lora is not None:
@@ -430,9 +455,13 @@ def _check_algorithm(c: TrainConfig) -> list[str]:
 
 def _check_run(c: TrainConfig) -> list[str]:
     o, e = c.optim, []
-    if o.micro_batch_size < 1 or o.minibatch_size % o.micro_batch_size:
+    # (with a token budget, micro-batches are formed by tokens: micro_batch_size is unused)
+    if o.micro_batch_size < 1 or (o.minibatch_size % o.micro_batch_size and not o.max_tokens_per_micro_batch):
         e.append(f"optim.minibatch_size ({o.minibatch_size}) must be a multiple of "
                  f"optim.micro_batch_size ({o.micro_batch_size})")
+    if (o.max_tokens_per_micro_batch or 0) < 0:
+        e.append(f"optim.max_tokens_per_micro_batch must be >= 0 (0 or null: off), got "
+                 f"{o.max_tokens_per_micro_batch}")
     if o.epochs_per_update < 1:
         e.append(f"optim.epochs_per_update must be >= 1, got {o.epochs_per_update}")
     if o.lr <= 0 or o.critic_lr <= 0:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from turnrl.trainer import turns as T
-from turnrl.trainer.batching import Batch, collate, token_logprobs
+from turnrl.trainer.batching import Batch, collate, pack_by_tokens, token_logprobs
 from turnrl.trainer.critic import ValueHead, gather_values
 from turnrl.trainer.distributed import Distributed, shard_range
 from turnrl.trainer.estimators import TurnAdvantages
@@ -76,12 +76,19 @@ class LossSettings:
 class BatchSettings:
     """How an update walks its samples: ``epochs`` passes, optimizer steps of
     ``minibatch_size`` samples (over all processes), forward passes of at most
-    ``micro_batch_size`` samples (per process), gradient norm clipped at ``max_grad_norm``."""
+    ``micro_batch_size`` samples (per process), gradient norm clipped at ``max_grad_norm``.
+
+    ``max_tokens_per_micro_batch`` > 0 forms the forward passes by tokens instead
+    (scoring, updates and SFT): a process's samples sorted by length and packed greedily
+    into micro-batches of at most that many padded tokens (a longer sample alone);
+    ``micro_batch_size`` is then not used.
+    """
 
     epochs: int = 2
     minibatch_size: int = 8
     micro_batch_size: int = 4
     max_grad_norm: float = 1.0
+    max_tokens_per_micro_batch: int = 0
 
 
 @dataclass
@@ -126,13 +133,15 @@ class Learner:
         temperature: logprobs are of ``softmax(logits / temperature)``, as sampled.
         losses, batches: the update's loss terms and batch sizes.
         seed: seeds the minibatch order (with the update number).
+        logprob_chunk_tokens: apply the LM head to this many positions at a time (0: full
+            logits; see :func:`~turnrl.trainer.batching.token_logprobs`).
     """
 
     def __init__(self, model: Any, optimizer: torch.optim.Optimizer, *,
                  critic: torch.nn.Module | None, critic_optimizer: torch.optim.Optimizer | None,
                  reference: torch.nn.Module | None, reference_is_base: bool, dist: Distributed,
                  pad_id: int, temperature: float, losses: LossSettings, batches: BatchSettings,
-                 seed: int = 0) -> None:
+                 seed: int = 0, logprob_chunk_tokens: int = 0) -> None:
         self.dist = dist
         self.critic = critic
         self.reference = reference
@@ -142,6 +151,7 @@ class Learner:
         self.losses = losses
         self.batches = batches
         self.seed = seed
+        self.chunk_tokens = logprob_chunk_tokens
         self.device = next(model.parameters()).device
         self.set_model(model, optimizer)
         self.critic_optimizer = critic_optimizer
@@ -182,30 +192,45 @@ class Learner:
 
     @torch.no_grad()
     def _score_block(self, samples: Sequence[Sample]) -> dict[str, Any]:
-        size = self.batches.micro_batch_size
-        old_logp, ref_logp, values, mismatch = [], [], [], []
+        n_samples = len(samples)
+        old_logp: list[Any] = [None] * n_samples
+        values: list[Any] = [None] * n_samples
+        ref_logp: list[Any] = [None] * n_samples if self.has_reference else []
+        mismatch = []
         self.model.eval()
-        for start in range(0, len(samples), size):
-            chunk = samples[start:start + size]
+        for group in self._score_groups(samples):
+            chunk = [samples[j] for j in group]
             batch = collate(chunk, self.pad_id).to(self.device)
             out = token_logprobs(self.model, batch.input_ids, batch.attention_mask,
-                                 temperature=self.temperature, with_hidden=self.critic_reads_hidden)
-            for i, s in enumerate(chunk):
+                                 temperature=self.temperature, with_hidden=self.critic_reads_hidden,
+                                 chunk_tokens=self.chunk_tokens)
+            for i, (j, s) in enumerate(zip(group, chunk, strict=True)):
                 n = len(s)
-                old_logp.append(out["logprobs"][i, :n].cpu())
+                old_logp[j] = out["logprobs"][i, :n].cpu()
                 mask = batch.loss_mask[i, :n].cpu() > 0
                 diff = (out["logprobs"][i, :n].cpu() - batch.rollout_logprobs[i, :n].cpu()).abs()
                 mismatch.append(diff[mask])
             v = self.values(batch, out.get("hidden"))
-            values.extend(v[i, : len(s.value_positions)].cpu() for i, s in enumerate(chunk))
+            for i, (j, s) in enumerate(zip(group, chunk, strict=True)):
+                values[j] = v[i, : len(s.value_positions)].cpu()
             if self.has_reference:
                 ref = self.reference_logprobs(batch)
-                ref_logp.extend(ref[i, : len(s)].cpu() for i, s in enumerate(chunk))
+                for i, (j, s) in enumerate(zip(group, chunk, strict=True)):
+                    ref_logp[j] = ref[i, : len(s)].cpu()
         self.model.train()
         diffs = torch.cat(mismatch) if mismatch else torch.zeros(0)
         return {"old_logp": old_logp, "ref_logp": ref_logp, "values": values,
                 "mismatch_sum": float(diffs.sum()), "mismatch_count": diffs.numel(),
                 "mismatch_max": float(diffs.max()) if diffs.numel() else 0.0}
+
+    def _score_groups(self, samples: Sequence[Sample]) -> list[list[int]]:
+        """Positions of ``samples`` per scoring pass: consecutive runs of
+        ``micro_batch_size``, or packed by tokens (``max_tokens_per_micro_batch``)."""
+        budget, size = self.batches.max_tokens_per_micro_batch, self.batches.micro_batch_size
+        if budget:
+            return pack_by_tokens([len(s) for s in samples], budget)
+        return [list(range(start, min(start + size, len(samples))))
+                for start in range(0, len(samples), size)]
 
     def reference_logprobs(self, batch: Batch) -> torch.Tensor:
         """``[B, S]`` logprobs of the KL reference: the frozen copy, or (LoRA) the
@@ -213,9 +238,10 @@ class Learner:
         if self.reference_is_base:
             with self.model.disable_adapter():
                 return token_logprobs(self.model, batch.input_ids, batch.attention_mask,
-                                      temperature=self.temperature)["logprobs"]
+                                      temperature=self.temperature,
+                                      chunk_tokens=self.chunk_tokens)["logprobs"]
         return token_logprobs(self.reference, batch.input_ids, batch.attention_mask,
-                              temperature=self.temperature)["logprobs"]
+                              temperature=self.temperature, chunk_tokens=self.chunk_tokens)["logprobs"]
 
     @property
     def critic_reads_hidden(self) -> bool:
@@ -276,12 +302,14 @@ class Learner:
                 out[key] = max(values) if key in _MAX_STATS else sum(values)
         return out
 
-    def micro_batches(self, idx: list[int]) -> list[tuple[list[int], bool]]:
+    def micro_batches(self, idx: list[int], samples: Sequence[Sample]) -> list[tuple[list[int], bool]]:
         """This rank's share of the batch ``idx`` as micro-batches of at most
-        ``micro_batch_size`` samples, as many on every rank, so that all ranks run the
-        same number of forward and backward passes. A rank left with fewer samples than
-        micro-batches pads with dummy ones (``True`` in the pair): a real sample whose loss
-        is masked out."""
+        ``micro_batch_size`` samples (or packed by tokens: ``max_tokens_per_micro_batch``),
+        as many on every rank, so that all ranks run the same number of forward and
+        backward passes. A rank left with fewer micro-batches pads with dummy ones
+        (``True`` in the pair): a real sample whose loss is masked out."""
+        if self.batches.max_tokens_per_micro_batch:
+            return self._token_micro_batches(idx, samples)
         size = self.batches.micro_batch_size
         n_micro = max(1, -(-len(idx) // (self.dist.world_size * size)))
         block = self.dist.shard(len(idx))
@@ -291,6 +319,22 @@ class Learner:
             part = shard_range(len(mine), k, n_micro)
             out.append(([mine[i] for i in part], False) if len(part) else (idx[:1], True))
         return out
+
+    def _token_micro_batches(self, idx: list[int], samples: Sequence[Sample]
+                             ) -> list[tuple[list[int], bool]]:
+        """:meth:`micro_batches` by tokens. Every rank holds every sample, so each one packs
+        every rank's share and pads its own to the most micro-batches any rank has (no
+        communication); a dummy pass runs the minibatch's shortest sample."""
+        budget = self.batches.max_tokens_per_micro_batch
+        packs = []
+        for rank in range(self.dist.world_size):
+            block = shard_range(len(idx), rank, self.dist.world_size)
+            share = idx[block.start:block.stop]
+            groups = pack_by_tokens([len(samples[i]) for i in share], budget)
+            packs.append([([share[i] for i in group], False) for group in groups])
+        mine = packs[self.dist.rank]
+        shortest = min(idx, key=lambda i: (len(samples[i]), i))
+        return mine + [([shortest], True)] * (max(1, *map(len, packs)) - len(mine))
 
     def _normalizers(self, chosen: list[Sample], adv: TurnAdvantages) -> dict[str, float]:
         """What the loss terms of a minibatch are divided by, so that its pieces
@@ -314,7 +358,7 @@ class Learner:
         self._zero_grad()
         acc: dict[str, float] = {}
         finite = True
-        micro = self.micro_batches(idx)
+        micro = self.micro_batches(idx, samples)
         for k, (mb, dummy) in enumerate(micro):
             with self.dist.sync(modules, enabled=k == len(micro) - 1):
                 total, stats = self._micro_loss(mb, dummy, samples, scored, adv, norm, train_policy)
@@ -362,7 +406,7 @@ class Learner:
         adv_tokens = T.sample_advantages(adv.advantages, chunk, batch.turn_index.cpu()).to(self.device)
         out = token_logprobs(self.train_model, batch.input_ids, batch.attention_mask,
                              temperature=self.temperature, with_entropy=True,
-                             with_hidden=self.critic_reads_hidden)
+                             with_hidden=self.critic_reads_hidden, chunk_tokens=self.chunk_tokens)
         mask = batch.loss_mask
         weights = None
         if c.tis_cap:  # rollout engine vs trainer: truncated importance weights
@@ -433,12 +477,13 @@ class Learner:
         normalizer = policy_normalizer([samples[i] for i in idx], loss_agg)
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        micro = self.micro_batches(idx)
+        micro = self.micro_batches(idx, samples)
         for k, (chunk, dummy) in enumerate(micro):
             with self.dist.sync([self.train_model], enabled=k == len(micro) - 1):
                 batch = collate([samples[i] for i in chunk], self.pad_id).to(self.device)
                 mask = torch.zeros_like(batch.loss_mask) if dummy else batch.loss_mask
-                out = token_logprobs(self.train_model, batch.input_ids, batch.attention_mask)
+                out = token_logprobs(self.train_model, batch.input_ids, batch.attention_mask,
+                                     chunk_tokens=self.chunk_tokens)
                 loss = nll_loss(out["logprobs"], mask, loss_agg, normalizer=normalizer)
                 self.dist.backward(loss)
                 total += float(loss.detach())

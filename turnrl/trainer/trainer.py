@@ -129,9 +129,12 @@ class Trainer:
         self._lock = RunLock(self.run_dir) if self.dist.is_main else None
 
     def _build_learner(self, model: Any, model_path: str) -> Learner:
-        a, o, kind = self.cfg.algorithm, self.cfg.optim, self.cfg.model.critic
-        critic = builders.build_critic(kind if self.algorithm.needs_critic else "none", model_path,
-                                       model.config.hidden_size, self.policy.device)
+        a, o, m = self.cfg.algorithm, self.cfg.optim, self.cfg.model
+        if m.gradient_checkpointing:  # the policy; a separate critic's backbone below
+            builders.enable_gradient_checkpointing(model)
+        critic = builders.build_critic(
+            m.critic if self.algorithm.needs_critic else "none", model_path, model.config.hidden_size,
+            self.policy.device, dtype=model.dtype, gradient_checkpointing=m.gradient_checkpointing)
         # The KL reference: the policy as RL starts (rebuilt after an SFT warm start).
         reference = builders.frozen_copy(model) if a.kl_coef > 0 and not self.lora else None
         return Learner(
@@ -140,13 +143,14 @@ class Trainer:
                               if critic is not None else None),
             reference=reference, reference_is_base=self.lora and a.kl_coef > 0, dist=self.dist,
             pad_id=self.policy.pad_id, temperature=self.policy.temperature, seed=self.cfg.seed,
-            losses=LossSettings(
+            logprob_chunk_tokens=m.logprob_chunk_tokens, losses=LossSettings(
                 clip_ratio=a.clip_ratio, dual_clip=a.dual_clip, ratio_guard=a.ratio_guard,
                 tis_cap=a.tis_cap, entropy_coef=a.entropy_coef, kl_coef=a.kl_coef,
                 kl_estimator=a.kl_estimator, kl_in_loss=a.kl_in == "loss", loss_agg=a.loss_agg,
-                value_clip=a.value_clip, value_coef=a.vf_coef if kind == "shared" else 1.0),
+                value_clip=a.value_clip, value_coef=a.vf_coef if m.critic == "shared" else 1.0),
             batches=BatchSettings(epochs=o.epochs_per_update, minibatch_size=o.minibatch_size,
-                                  micro_batch_size=o.micro_batch_size, max_grad_norm=o.max_grad_norm))
+                                  micro_batch_size=o.micro_batch_size, max_grad_norm=o.max_grad_norm,
+                                  max_tokens_per_micro_batch=o.max_tokens_per_micro_batch or 0))
 
     def _policy_optimizer(self, model: Any) -> torch.optim.Optimizer:
         return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
