@@ -220,3 +220,35 @@ def test_data_parallel_engines_on_ray(model_dir):
         dp.close()
         if started:
             ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fixture", ["qwen25_model", "qwen3_model", "llama3_model"])
+def test_vllm_runs_the_real_model_families(request, fixture):
+    """vLLM loads the tiny Qwen2 / Qwen3 / Llama models with Qwen's real tokenizer
+    (tests/model_families.py): greedy replies equal the HF model's, sampled replies end by a
+    generation_config stop token or by the budget."""
+    from transformers import GenerationConfig
+
+    from turnrl.agents.vllm import VLLMPolicy
+
+    path = str(request.getfixturevalue(fixture))
+    engine = VLLMPolicy(path, max_new_tokens=8, max_model_len=512, seed=0)
+    try:
+        tok = engine.tokenizer
+        convs = [[{"role": "user", "content": f"Find the number between 1 and {n}."}] for n in range(5, 21)]
+        prompts = [tok.encode(tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True),
+                              add_special_tokens=False) for c in convs]
+        hf = HFPolicy(path, max_new_tokens=8)
+        assert ([a.token_ids for a in engine.generate(prompts[:4], greedy=True)]
+                == [a.token_ids for a in hf.generate(prompts[:4], greedy=True)])
+        stops = set(GenerationConfig.from_pretrained(path).eos_token_id)
+        actions = engine.generate(prompts)
+        for action in actions:
+            ids = action.token_ids
+            assert 1 <= len(ids) <= 8 and len(action.logprobs) == len(ids) and max(ids) < len(tok)
+            assert ids[-1] in stops or len(ids) == 8
+        assert any(a.token_ids[-1] in stops for a in actions)
+        assert any(a.token_ids[-1] not in stops for a in actions)  # cut by the budget
+    finally:
+        del engine
