@@ -356,8 +356,8 @@ class _Lockstep:
         traj.task = str(info.get("task", ""))
         traj.messages = first_messages(self.pool.instructions(slot), obs)
         traj.reset_info = info
-        if self.tokens:
-            traj.prompt_token_ids = self.renderer.prompt_ids(traj.messages)
+        if self.tokens:  # an env with native tools lists them in info["tools"]
+            traj.prompt_token_ids = self.renderer.prompt_ids(traj.messages, tools=info.get("tools"))
         self.slots[slot].info = info
         return True
 
@@ -376,7 +376,7 @@ class _Lockstep:
             return traj.messages
         ids = context_ids(traj, traj.num_turns, self.mode)
         if self.strip and traj.turns:  # the context as the template renders the history
-            rendered = self.renderer.prompt_ids(traj.messages)
+            rendered = self.renderer.prompt_ids(traj.messages, tools=traj.reset_info.get("tools"))
             if rendered != ids:
                 ids = rendered
                 self.slots[slot].context = rendered  # this turn starts a new sample

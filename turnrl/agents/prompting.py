@@ -83,8 +83,7 @@ class ChatRenderer:
         for role in ("user", "tool") if self._tool_role_ok else ("user",):
             self._message_delta({"role": role, "content": _OBSERVATION})  # raises if it cannot
         tail_ids = self.encode(self.assistant_tail) if self.assistant_tail else []
-        special = set(getattr(self.tokenizer, "all_special_ids", []))
-        self.turn_end_id: int | None = tail_ids[0] if tail_ids and tail_ids[0] in special else None
+        self.turn_end_id: int | None = tail_ids[0] if tail_ids and self._special(tail_ids[0]) else None
         eos = self.tokenizer.eos_token_id
         self.stop_ids: frozenset[int] = frozenset(
             int(i) for i in (*stop_ids, eos, self.turn_end_id) if i is not None)
@@ -92,19 +91,25 @@ class ChatRenderer:
         self._warned_keep = False
 
     # -------------------------------------------------------------------- rendering
-    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = False) -> str:
-        """The chat template's text for ``messages``."""
+    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = False,
+               tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """The chat template's text for ``messages``; ``tools`` (JSON-schema function specs)
+        go to the template, which lists them where the model expects (Qwen: in the system
+        message)."""
+        extra = {"tools": list(tools)} if tools else {}
         return self.tokenizer.apply_chat_template(
             list(messages), tokenize=False, add_generation_prompt=add_generation_prompt,
-            **self.template_kwargs)
+            **extra, **self.template_kwargs)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (special-token text becomes the special tokens)."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
-        """Ids of ``messages`` as the template renders them, then the generation prompt."""
-        return self.encode(self.render(messages, add_generation_prompt=True))
+    def prompt_ids(self, messages: Sequence[Message], *,
+                   tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
+        """Ids of ``messages`` (and ``tools``) as the template renders them, then the
+        generation prompt."""
+        return self.encode(self.render(messages, add_generation_prompt=True, tools=tools))
 
     def action_text(self, token_ids: Sequence[int]) -> str:
         """The reply text of sampled ids: a final stop token is dropped, any other special
@@ -203,7 +208,19 @@ class ChatRenderer:
         thought = [*self._opening, {"role": "assistant", "content": reasoning}, follow]
         if _REASONING not in self._render_checked(thought, add_generation_prompt=True):
             return f"drops {_THINK_OPEN}...{_THINK_CLOSE} reasoning from earlier assistant turns"
+        spaced = f" {_PLACEHOLDER} \n"
+        padded = [*self._opening, {"role": "assistant", "content": spaced}, follow]
+        if spaced not in self._render_checked(padded, add_generation_prompt=True):
+            return "strips the whitespace around earlier assistant turns' content"
         return None
+
+    def _special(self, token_id: int) -> bool:
+        """A special token: named (eos, pad, ...) or added as special (``<|im_end|>`` when
+        the eos is ``<|endoftext|>``)."""
+        if token_id in set(getattr(self.tokenizer, "all_special_ids", [])):
+            return True
+        added = getattr(self.tokenizer, "added_tokens_decoder", {}).get(token_id)
+        return bool(added is not None and getattr(added, "special", False))
 
     def _supported(self, message: Message) -> Message:
         if message["role"] == "tool" and not self._tool_role_ok:
