@@ -252,3 +252,58 @@ def test_vllm_runs_the_real_model_families(request, fixture):
         assert any(a.token_ids[-1] not in stops for a in actions)  # cut by the budget
     finally:
         del engine
+
+
+# ---------------------------------------------------------------- real templates on vLLM
+@pytest.mark.parametrize("case,history", [("qwen2.5", "keep"), ("qwen3", "keep"),
+                                          ("qwen3", "strip"), ("qwen3-nothink", "strip")])
+def test_vllm_samples_of_real_templates_are_token_exact(request, case, history):
+    """The same contract as tests/agents/test_templates.py, with the vLLM policy sampling:
+    prompts are prefixes, sampled ids verbatim, mask exact, text the template's; and the
+    trainer's logprobs of the sampled tokens equal vLLM's."""
+    from sample_checks import HISTORY, Recorder, check_samples
+    from test_templates import CASES
+
+    from turnrl.agents.vllm import VLLMPolicy
+    from turnrl.rollout import collect
+    from turnrl.trainer.batching import collate
+
+    fixture, family, template_kwargs, env_id = CASES[case]
+    path = request.getfixturevalue(fixture)
+    engine = VLLMPolicy(str(path), max_new_tokens=12, max_model_len=1024, seed=0,
+                        template_kwargs=template_kwargs)
+    recorder = Recorder(engine)
+    trajs = collect(lambda: turnrl.make(env_id), recorder, range(4), env_id=env_id,
+                    reasoning_history=history, on_error="raise")
+    assert check_samples(trajs, recorder, HISTORY[family]) >= len(trajs)
+    hf = HFPolicy(str(path), template_kwargs=template_kwargs)
+    from turnrl.trajectory import build_samples
+
+    samples = build_samples(trajs, "full")
+    batch = collate(samples, hf.pad_id)
+    with torch.no_grad():
+        lp = token_logprobs(hf.model, batch.input_ids, batch.attention_mask)["logprobs"]
+    mask = batch.loss_mask > 0
+    assert (lp[mask] - batch.rollout_logprobs[mask]).abs().max() < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case,algo", [("qwen2.5", "ppo"), ("qwen3", "grpo")])
+def test_updates_with_vllm_on_real_templates(request, tmp_path, case, algo):
+    from test_templates import CASES
+
+    fixture, _, template_kwargs, env_id = CASES[case]
+    path = request.getfixturevalue(fixture)
+    cfg = load_config(None, [
+        f"model.name_or_path={path}", f"env.id={env_id}", f"algorithm.name={algo}",
+        f"model.chat_template_kwargs={template_kwargs or {}}", "rollout.backend=vllm",
+        "rollout.group_size=2", "rollout.episodes_per_update=4", "rollout.max_new_tokens=8",
+        "rollout.num_envs=4", "rollout.max_context_tokens=512", "total_updates=1",
+        f"run_dir={tmp_path / 'run'}", "eval.episodes=1", "progress=false", "optim.lr=1e-3",
+        "optim.minibatch_size=4", "optim.micro_batch_size=2", "env.kwargs={max_turns: 2}",
+    ])
+    trainer = Trainer(cfg)
+    metrics = trainer.rl_update()
+    trainer.close()
+    assert metrics["logprob/rollout_vs_train_max_abs"] < 1e-5
+    assert torch.isfinite(torch.tensor(metrics["policy_loss"]))
