@@ -26,24 +26,25 @@ from turnrl.sandbox.base import ExecResult, classify
 
 __all__ = [
     "MONITOR", "Captured", "Child", "PopenChild", "Report", "decode", "judge", "kill_group",
-    "memfd", "monitor_argv", "read_report", "run_captured",
+    "memfd", "monitor_argv", "near_cpu_limit", "read_report", "run_captured",
 ]
 
 #: Run as ``python3 -I -S -c MONITOR '<config json>' PROGRAM ARGS...`` with the config
 #: ``{"rlimits": {name: value}, "report_fd": int, "secret_fd": int | None}``.
 #:
 #: The monitor makes itself non-dumpable (so a program of the same uid can neither read nor
-#: write it, nor reach its file descriptors, through ``/proc``), blocks every signal it can,
-#: and forks. The child sets each ``RLIMIT_*`` (soft limit; the CPU hard limit sits one
-#: second above so SIGXCPU comes first), moves the secret input, if any, to fd 3, closes
-#: every other descriptor and executes the program. The monitor waits for it and writes
-#: one JSON line to ``report_fd``: ``{"exit", "signal", "cpu_s"}`` (``cpu_s``: the
+#: write it, nor reach its file descriptors, through ``/proc``) and blocks every signal it
+#: can. It sets each ``RLIMIT_*`` on itself (soft limit; the CPU hard limit sits one second
+#: above so SIGXCPU comes first) so that the program inherits them, and starts the program
+#: with ``posix_spawn`` (no copy of this process is made): stdio as they are, the secret
+#: input, if any, as fd 3, every other descriptor closed. It waits for the program and
+#: writes one JSON line to ``report_fd``: ``{"exit", "signal", "cpu_s"}`` (``cpu_s``: the
 #: program's own CPU seconds, read from ``/proc`` before it is reaped) or
 #: ``{"launch_error"}``. Only the monitor ever holds ``report_fd``.
 MONITOR = r"""
-import fcntl, json, os, resource, signal, sys
+import json, os, resource, signal, sys
 cfg = json.loads(sys.argv[1])
-REPORT = cfg["report_fd"]
+REPORT, SECRET = cfg["report_fd"], cfg.get("secret_fd")
 
 def report(obj):
     try:
@@ -56,42 +57,26 @@ try:
     if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")
     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-    err_r, low = os.pipe()
-    err_w = fcntl.fcntl(low, fcntl.F_DUPFD_CLOEXEC, 10)  # above fd 3, which dup2 may take
-    os.close(low)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            for name, value in cfg["rlimits"].items():
-                hard = value + 1 if name == "RLIMIT_CPU" else value
-                resource.setrlimit(getattr(resource, name), (value, hard))
-            secret = cfg.get("secret_fd")
-            if secret is not None and secret != 3:
-                os.dup2(secret, 3)
-            first = 4 if secret is not None else 3
-            os.closerange(first, err_w)
-            os.closerange(err_w + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-            for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-                signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
-            os.execv(sys.argv[2], sys.argv[2:])
-        except BaseException as exc:
-            os.write(err_w, ("%s: %s" % (type(exc).__name__, exc)).encode()[:2000])
-        finally:
-            os._exit(127)
-    os.close(err_w)
-    if cfg.get("secret_fd") is not None:
-        os.close(cfg["secret_fd"])  # the program has its copy
-    error = b""
-    while True:
-        chunk = os.read(err_r, 4096)
-        if not chunk:
-            break
-        error += chunk
-    if error:
-        os.waitpid(pid, 0)
-        report({"launch_error": error.decode("utf-8", "replace")})
+    for fd in [int(fd) for fd in os.listdir("/proc/self/fd")]:
+        if fd > 2 and fd != SECRET:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
+    actions = []
+    if SECRET is not None and SECRET != 3:
+        actions = [(os.POSIX_SPAWN_DUP2, SECRET, 3), (os.POSIX_SPAWN_CLOSE, SECRET)]
+    for name, value in cfg["rlimits"].items():
+        hard = value + 1 if name == "RLIMIT_CPU" else value
+        resource.setrlimit(getattr(resource, name), (value, hard))
+    try:
+        pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ, file_actions=actions,
+                             setsigmask=(), setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+    except OSError as exc:
+        report({"launch_error": "%s: %s" % (type(exc).__name__, exc)})
         os._exit(0)
+    if SECRET is not None:
+        os.close(SECRET)  # the program has its copy
     for sig in signal.valid_signals():
         if sig not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
             try:
@@ -185,15 +170,25 @@ def judge(cap: Captured, report: Report | None, *, timeout_s: float, cpu_limit_s
     if report.launch_error:
         return ExecResult(stdout, stderr, None, "infra_error", cap.truncated, cap.duration_s,
                           f"the sandbox could not start the program: {report.launch_error}")
-    # RLIMIT_CPU is whole seconds and the kernel checks the precise run time; /proc
-    # reports scaled clock ticks, a little lower.
-    rlimit_cpu = max(1, math.ceil(cpu_limit_s))
-    cpu_exceeded = (report.cpu_s is not None
-                    and report.cpu_s >= rlimit_cpu - (0.05 + 0.01 * rlimit_cpu))
+    rlimit_cpu = max(1, math.ceil(cpu_limit_s))  # RLIMIT_CPU is whole seconds
+    cpu_exceeded = (report.signal in (signal.SIGXCPU, signal.SIGKILL)
+                    and report.cpu_s is not None and near_cpu_limit(report.cpu_s, rlimit_cpu))
     status, message = classify(report.exit_code, stderr, killed_by=report.signal,
                                cpu_exceeded=cpu_exceeded, cpu_limit_s=cpu_limit_s)
     return ExecResult(stdout, stderr, report.exit_code, status, cap.truncated, cap.duration_s,
                       message)
+
+
+def near_cpu_limit(used_s: float, limit_s: float) -> bool:
+    """Whether a process killed by SIGXCPU (or SIGKILL) had used about its CPU limit.
+
+    The kernel charges CPU time in clock ticks and sends SIGXCPU when that count reaches
+    the limit; ``/proc`` reports the precise run time, which on a loaded machine can be
+    several percent lower. A program cannot get this close without spending the time, so
+    dying of the signal this close to the limit is a CPU timeout; dying of it earlier (it
+    sent the signal itself) is not.
+    """
+    return used_s >= 0.9 * limit_s - 0.1
 
 
 def memfd(name: str, data: bytes) -> int:

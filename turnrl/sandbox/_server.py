@@ -256,10 +256,11 @@ def exit_status(status):
     return os.WEXITSTATUS(status), None
 
 
-def cpu_tolerance(cpu_s):
-    """How far below its soft RLIMIT_CPU a process may read in /proc when SIGXCPU comes
-    (the kernel checks its precise run time; /proc reports scaled clock ticks)."""
-    return 0.05 + 0.01 * cpu_s
+def near_cpu_limit(used_s, limit_s):
+    """Whether an interpreter stopped by SIGXCPU had used about its CPU budget: the kernel
+    counts clock ticks, /proc the precise run time, several percent lower under load (as
+    ``turnrl.sandbox._proc.near_cpu_limit``)."""
+    return used_s >= 0.9 * limit_s - 0.1
 
 
 class Capture:
@@ -340,6 +341,7 @@ class Interpreter:
         self.exit_code = None  # set once reaped
         self.signal = None
         self.cells = 0
+        self.last_cpu = None  # CPU seconds when last seen alive
 
     def alive(self):
         return self.exit_code is None
@@ -480,7 +482,7 @@ class Supervisor:
         kill_others({os.getpid(), w.pid})
         stdout, dropped_out = w.out.take()
         stderr, dropped_err = w.err.take()
-        result = self.status(w, done, how, timeout_s, cpu_s, cpu_soft)
+        result = self.status(w, done, how, timeout_s, cpu_s, cpu0, cpu_soft)
         result.update(stdout=stdout, stderr=stderr, truncated=bool(dropped_out or dropped_err))
         if restarted_before:
             result["message"] = ("(the interpreter was restarted before this cell; earlier "
@@ -516,6 +518,7 @@ class Supervisor:
                 w.reap()
                 return None, how
             cpu = cpu_seconds(w.pid)
+            w.last_cpu = cpu if cpu is not None else w.last_cpu
             if cpu is not None and cpu >= cpu_soft + GRACE_S:  # it ignored SIGXCPU
                 w.kill()
                 w.reap()
@@ -569,11 +572,16 @@ class Supervisor:
             return how
         return "closed" if w.signal == signal.SIGKILL else "died"
 
-    def status(self, w, done, how, timeout_s, cpu_s, cpu_soft):
-        cpu = cpu_seconds(w.pid) if w.alive() else None
-        cpu_exceeded = how == "cpu" or (cpu is not None
-                                        and cpu >= cpu_soft - cpu_tolerance(cpu_s))
+    def status(self, w, done, how, timeout_s, cpu_s, cpu0, cpu_soft):
         lost = not w.alive()
+        cpu = cpu_seconds(w.pid) if not lost else w.last_cpu
+        # A CPU timeout: killed past the limit, or stopped by SIGXCPU (the cell's interrupt,
+        # or death by it) near the limit.
+        stopped_by_xcpu = ((done or {}).get("outcome") == "interrupted"
+                           and (done or {}).get("message") == "cpu"
+                           or lost and w.signal in (signal.SIGXCPU, signal.SIGKILL))
+        cpu_exceeded = how == "cpu" or (stopped_by_xcpu and cpu is not None
+                                        and near_cpu_limit(cpu - cpu0, cpu_soft - cpu0))
         tail = "; the interpreter was killed and restarts with a fresh state" if lost else ""
         if how == "wall":
             return {"status": "timeout", "exit_code": None, "restarted": lost, "message":

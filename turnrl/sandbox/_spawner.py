@@ -96,9 +96,8 @@ class Spawner:
     def pid(self) -> int:
         return self._proc.pid
 
-    def spawn(self, argv: Sequence[str], fds: Sequence[int], *, env: Mapping[str, str],
-              cwd: str = "/") -> Spawned:
-        """Start ``argv`` with ``fds[i]`` as its fd ``i``; wait until it executes.
+    def spawn(self, argv: Sequence[str], fds: Sequence[int], *, env: Mapping[str, str]) -> Spawned:
+        """Start ``argv`` in ``/`` with ``fds[i]`` as its fd ``i``; wait until it executes.
 
         The caller keeps (and closes) its own copies of ``fds``.
 
@@ -109,8 +108,7 @@ class Spawner:
             self._next_id += 1
             child = Spawned(self, self._next_id)
             self._children[child.id] = child
-        request = {"op": "spawn", "id": child.id, "argv": list(argv), "env": dict(env),
-                   "cwd": cwd}
+        request = {"op": "spawn", "id": child.id, "argv": list(argv), "env": dict(env)}
         try:
             self._send(request, fds)
         except OSError as exc:

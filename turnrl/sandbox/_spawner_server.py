@@ -15,7 +15,7 @@ own, and the sandbox's pid 1 stays in that group until it is linked to its paren
 ``killpg`` ends a sandbox at any stage of its start-up. The spawner is also a
 child subreaper, so a sandbox process orphaned mid start-up is reparented here and reaped.
 
-Messages (JSON, one per datagram): requests ``{"op": "spawn", "id", "argv", "env", "cwd"}``
+Messages (JSON, one per datagram): requests ``{"op": "spawn", "id", "argv", "env"}``
 with the child's file descriptors attached in order (the first becomes fd 0, the next fd 1,
 and so on) and ``{"op": "kill", "id"}``; answers ``{"id", "pid"}`` once the program is
 executing, ``{"id", "error"}`` if it could not be started, and ``{"id", "status"}`` when it
@@ -32,8 +32,9 @@ import socket
 import sys
 
 MAX_FDS = 64
-#: Signals whose handling the spawner changes (Python ignores SIGPIPE and SIGXFSZ); a child
-#: gets the defaults back.
+#: Signals whose handling the spawner changes (Python ignores SIGPIPE and SIGXFSZ); a
+#: program it starts gets the defaults back. Programs run from the spawner's working
+#: directory, "/".
 RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM,
                  signal.SIGHUP)
 SOCK = socket.socket(fileno=int(sys.argv[1]))
@@ -81,56 +82,29 @@ def kill_group(pid):
 
 
 def spawn(req, fds):
-    """Start ``req["argv"]`` with ``fds`` as its fds 0, 1, 2, ...; owns (closes) ``fds``."""
-    # Every fd the child uses before exec goes above the target numbers, so that no dup2
-    # overwrites one still needed.
-    top = len(fds)
+    """Start ``req["argv"]`` with ``fds`` as its fds 0, 1, 2, ...; owns (closes) ``fds``.
+    ``posix_spawn`` copies nothing of this process (no fork), and ``setsid`` gives the
+    program a session and process group of its own."""
+    # Every source goes above the target numbers first, so that no dup2 overwrites a
+    # source still needed; all of them close on exec, the targets excepted.
     sources = []
     try:
         for fd in fds:
-            sources.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top))
-        err_r, err_w = os.pipe()
-    except OSError:
-        for source in sources:
-            os.close(source)
-        raise
+            sources.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, len(fds)))
     finally:
         for fd in fds:
             os.close(fd)
-    high = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, top)
-    os.close(err_w)
-    err_w = high
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setsid()
-            for sig in RESET_SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
-            for target, source in enumerate(sources):
-                os.dup2(source, target)
-            os.closerange(len(sources), err_w)
-            os.closerange(err_w + 1, os.sysconf("SC_OPEN_MAX"))
-            os.chdir(req.get("cwd") or "/")
-            os.execve(req["argv"][0], req["argv"], req.get("env") or {})
-        except BaseException as exc:
-            os.write(err_w, (f"{type(exc).__name__}: {exc}").encode()[:2000])
-        finally:
-            os._exit(127)
-    os.close(err_w)
-    for source in sources:
-        os.close(source)
-    error = b""
-    while True:  # end-of-file: the program is executing; data: why it could not start
-        chunk = os.read(err_r, 4096)
-        if not chunk:
-            break
-        error += chunk
-    os.close(err_r)
-    if error:
-        os.waitpid(pid, 0)
-        send({"id": req["id"], "error": error.decode("utf-8", "replace")})
+    try:
+        actions = [(os.POSIX_SPAWN_DUP2, source, target) for target, source in enumerate(sources)]
+        pid = os.posix_spawn(req["argv"][0], req["argv"], req.get("env") or {},
+                             file_actions=actions, setsid=True, setsigmask=(),
+                             setsigdef=RESET_SIGNALS)
+    except OSError as exc:
+        send({"id": req["id"], "error": f"{type(exc).__name__}: {exc}"})
         return
+    finally:
+        for source in sources:
+            os.close(source)
     CHILDREN[pid] = req["id"]
     PIDS[req["id"]] = pid
     send({"id": req["id"], "pid": pid})
