@@ -26,6 +26,7 @@ System calls of another ABI (32-bit ``int 0x80`` calls on x86-64, x32) are refus
 from __future__ import annotations
 
 import errno
+import functools
 import platform
 import struct
 
@@ -105,6 +106,7 @@ def supported_arch(machine: str | None = None) -> str | None:
     return machine if machine in _ARCHES else None
 
 
+@functools.lru_cache(maxsize=4)
 def compile_filter(machine: str | None = None) -> bytes | None:
     """The filter as ``struct sock_filter[]`` bytes for ``bwrap --seccomp``, or ``None``
     on an architecture this module does not know."""
