@@ -52,10 +52,30 @@ def report(obj):
     except OSError:
         pass
 
+def prctl_function():
+    # Straight from _ctypes: importing ctypes costs more CPU than the rest of the monitor.
+    try:
+        import _ctypes
+
+        class Int(_ctypes._SimpleCData):
+            _type_ = "i"
+
+        class Libc:
+            _handle = _ctypes.dlopen(None, 2)
+
+        class Function(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = Int
+
+        return Function(("prctl", Libc())), _ctypes.get_errno
+    except (ImportError, AttributeError, TypeError):
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True).prctl, ctypes.get_errno
+
 try:
-    import ctypes
-    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")
+    prctl, get_errno = prctl_function()
+    if prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+        raise OSError(get_errno(), "prctl(PR_SET_DUMPABLE) failed")
     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     for fd in [int(fd) for fd in os.listdir("/proc/self/fd")]:
         if fd > 2 and fd != SECRET:
