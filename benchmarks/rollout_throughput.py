@@ -10,9 +10,14 @@ sampling settings:
   ``generate`` call (what a simple agent loop does);
 - **pure generation**: the exact prompt batches the engine sent to the model, replayed
   straight into ``HFPolicy.generate`` -- no envs, no bookkeeping. engine / pure is the
-  share of time the engine spends generating; the rest is env steps and turnrl's own code.
+  share of time the engine spends generating; the rest is env steps and turnrl's own code;
+- **engine + KV reuse**: the engine again, with a second policy of the same seed whose
+  ``kv_reuse`` keeps each live episode's key/value states between turns, so a turn
+  prefills only the new observation tokens instead of the whole history. Same episodes
+  (token ids compared), measured right after the plain engine.
 
-Goals: engine >= 5x sequential at 16 envs; engine >= 0.9x pure generation.
+Goals: engine >= 5x sequential at 16 envs; engine >= 0.9x pure generation; KV reuse >= 2x
+the plain engine on these 6-turn episodes.
 
 Usage::
 
@@ -83,6 +88,9 @@ def main() -> None:
                                      vocab_size=800, hidden_size=128, num_layers=2)
         policy = HFPolicy(str(model), max_new_tokens=args.max_new_tokens, temperature=1.0)
         collect(make, policy, seeds[:4], num_envs=4)  # warm-up
+        reuse = HFPolicy(str(model), max_new_tokens=args.max_new_tokens, temperature=1.0,
+                         kv_reuse=True)
+        collect(make, reuse, seeds[:4], num_envs=4)  # warm-up
 
         # (a) sequential: one env, one reply per call
         start = time.perf_counter()
@@ -90,11 +98,19 @@ def main() -> None:
         seq_wall = time.perf_counter() - start
         seq_rate = _tokens(seq) / seq_wall
         for n in args.envs:
+            sampler_state = policy.generator.get_state()
             recorder = _Recording(policy)
             start = time.perf_counter()
             trajs = collect(make, recorder, seeds, num_envs=n)
             wall = time.perf_counter() - start
             tokens = _tokens(trajs)
+            # (c) the same episodes with KV reuse (a policy whose sampler is in the same state)
+            reuse.generator.set_state(sampler_state)
+            start = time.perf_counter()
+            kv_trajs = collect(make, reuse, seeds, num_envs=n)
+            kv_wall = time.perf_counter() - start
+            same = [[t.token_ids for t in x.turns] for x in trajs] == \
+                [[t.token_ids for t in x.turns] for x in kv_trajs]
             # (b) the same batches, straight into the model
             start = time.perf_counter()
             pure_tokens = sum(len(a.token_ids) for batch in recorder.batches for a in policy.generate(batch))
@@ -105,10 +121,13 @@ def main() -> None:
                    "sequential_tokens_per_s": round(seq_rate, 1),
                    "vs_sequential": round(tokens / wall / seq_rate, 2),
                    "pure_tokens_per_s": round(pure_tokens / pure_wall, 1),
-                   "vs_pure_generation": round((tokens / wall) / (pure_tokens / pure_wall), 3)}
+                   "vs_pure_generation": round((tokens / wall) / (pure_tokens / pure_wall), 3),
+                   "kv_reuse_tokens_per_s": round(_tokens(kv_trajs) / kv_wall, 1),
+                   "kv_reuse_speedup": round(wall / kv_wall, 2), "kv_reuse_same_episodes": same}
             rows.append(row)
             print(f"{n:3d} envs: {row['tokens_per_s']:8.1f} tok/s, {row['vs_sequential']:5.2f}x sequential, "
-                  f"{row['vs_pure_generation']:.3f}x pure generation", file=sys.stderr)
+                  f"{row['vs_pure_generation']:.3f}x pure generation, KV reuse "
+                  f"{row['kv_reuse_speedup']:.2f}x (same episodes: {same})", file=sys.stderr)
     report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "python": platform.python_version(),
               "command": "python benchmarks/rollout_throughput.py " + " ".join(sys.argv[1:]),
@@ -125,11 +144,14 @@ def markdown(report: dict) -> str:
     """The results as a Markdown table (also used by ``benchmarks/report.py``)."""
     lines = [f"Sequential loop: {report['sequential']['tokens_per_s']:.0f} tokens/s.", "",
              "| envs | engine tokens/s | episodes/s | vs sequential (goal >= 5x at 16) | "
-             "vs pure generation (goal >= 0.9x) |",
-             "|---|---|---|---|---|"]
+             "vs pure generation (goal >= 0.9x) | + KV reuse tokens/s | KV reuse speed-up "
+             "(goal >= 2x) | same episodes |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
+        kv = (f"{r['kv_reuse_tokens_per_s']:.0f} | {r['kv_reuse_speedup']:.2f}x | "
+              f"{'yes' if r['kv_reuse_same_episodes'] else 'no'}") if "kv_reuse_speedup" in r else "- | - | -"
         lines.append(f"| {r['num_envs']} | {r['tokens_per_s']:.0f} | {r['episodes_per_s']:.2f} | "
-                     f"{r['vs_sequential']:.2f}x | {r['vs_pure_generation']:.2f}x |")
+                     f"{r['vs_sequential']:.2f}x | {r['vs_pure_generation']:.2f}x | {kv} |")
     return "\n".join(lines)
 
 

@@ -250,6 +250,8 @@ class _Lockstep:
     def run(self, queue: deque, *, num_envs: int, step_workers: int) -> list[Trajectory]:
         self.queue = queue
         self.slots: list[_Slot | None] = [None] * num_envs
+        if isinstance(self.agent, CollectAware):
+            self.agent.begin_collect()
         for slot in range(num_envs):
             self._start(slot)
         while any(s is not None for s in self.slots):

@@ -72,6 +72,9 @@ class HFPolicy(TokenPolicyBase):
         seed: seeds the sampler.
         greedy: decode by argmax unless a call says otherwise (evaluation).
         template_kwargs: extra chat-template variables (e.g. ``{"enable_thinking": False}``).
+        kv_reuse: keep each episode's key/value states between turns and prefill only the
+            new observation tokens (contexts are append-only; a rebuilt context, e.g.
+            ``window(k)`` or ``reasoning_history: strip``, is prefilled whole).
 
     A reply ends at the tokenizer's eos, the template's end-of-turn token, or any id of the
     model's ``generation_config.eos_token_id``.
@@ -97,6 +100,7 @@ class HFPolicy(TokenPolicyBase):
         seed: int | None = None,
         greedy: bool = False,
         template_kwargs: dict[str, Any] | None = None,
+        kv_reuse: bool = False,
     ) -> None:
         import torch
 
@@ -117,6 +121,10 @@ class HFPolicy(TokenPolicyBase):
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(0 if seed is None else int(seed))
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        #: Keep each live episode's key/value states between turns (see :meth:`generate`).
+        self.kv_reuse = bool(kv_reuse)
+        self._kv: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
+        self._kv_version = 0
 
     # ------------------------------------------------------------------ sampling
     def generate(
@@ -129,41 +137,45 @@ class HFPolicy(TokenPolicyBase):
         """Sample one reply per prompt (token ids in, :class:`Action` with ids out).
 
         ``infos`` is accepted for the rollout engine's sake and ignored; ``greedy``
-        defaults to the policy's :attr:`greedy` (argmax decoding, for evaluation).
+        defaults to the policy's :attr:`greedy` (argmax decoding, for evaluation). With
+        ``kv_reuse``, a prompt that extends an earlier prompt and its reply (the next turn
+        of a live episode) reuses that reply's key/value states and prefills only the new
+        tokens; states are kept for the latest call's replies only.
         """
         greedy = self._decoding(greedy)
+        version = self._weights_version() if self.kv_reuse else 0
+        if version != self._kv_version:  # the model changed: its cached states are stale
+            self._kv, self._kv_version = {}, version
+        kept: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
         actions: list[Action] = []
         for start in range(0, len(prompts), self.max_batch_size):
-            actions.extend(self._generate_batch(prompts[start:start + self.max_batch_size], greedy))
+            actions.extend(self._generate_batch(prompts[start:start + self.max_batch_size], greedy, kept))
+        if self.kv_reuse:
+            self._kv = kept  # the episodes still running continue from these
         return actions
 
-    def _generate_batch(self, prompts: Sequence[Sequence[int]], greedy: bool) -> list[Action]:
+    def begin_collect(self) -> None:
+        """Forget cached key/value states (a new collect starts new episodes)."""
+        self._kv = {}
+
+    def _generate_batch(self, prompts: Sequence[Sequence[int]], greedy: bool,
+                        kept: dict[tuple[int, ...], list[tuple[Any, Any]]]) -> list[Action]:
         import torch
-        from transformers import DynamicCache
 
         if not prompts:
             return []
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt")
-        batch, width = len(prompts), max(len(p) for p in prompts)
-        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((batch, width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):  # left padding
-            input_ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-            attention[row, width - len(prompt):] = 1
-        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        batch = len(prompts)
         eos = torch.tensor(sorted(self.renderer.stop_ids), device=self.device)
         sampled = [[] for _ in range(batch)]
         logprobs = [[] for _ in range(batch)]
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
-        cache = DynamicCache()
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
-                out = self.model(input_ids=input_ids, attention_mask=attention,
-                                 position_ids=positions, past_key_values=cache, use_cache=True)
+                out, cache, attention, positions = self._prefill(prompts)
                 for _ in range(self.max_new_tokens):
                     logits = out.logits[:, -1, :].float() / self.temperature
                     logp = torch.log_softmax(logits, dim=-1)
@@ -181,12 +193,90 @@ class HFPolicy(TokenPolicyBase):
                     positions = positions[:, -1:] + 1
                     out = self.model(input_ids=token[:, None], attention_mask=attention,
                                      position_ids=positions, past_key_values=cache, use_cache=True)
+                if self.kv_reuse:
+                    self._keep_states(prompts, sampled, cache, attention, kept)
         finally:
             self.model.train(was_training)
         return [
             Action(text=self.renderer.action_text(ids), token_ids=ids, logprobs=lps)
             for ids, lps in zip(sampled, logprobs, strict=True)
         ]
+
+    def _prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[Any, Any, Any, Any]:
+        """Run the prompts through the model: all of each prompt, or (``kv_reuse``) only
+        what follows its longest cached prefix. Returns the model output, the cache, the
+        attention mask and the position ids of the last column.
+
+        Layout of a row when reusing: ``[pad][cached prefix][pad][new tokens]``; pads are
+        masked, positions count real tokens only."""
+        import torch
+        from transformers import DynamicCache
+
+        found = [self._cached_prefix(p) for p in prompts] if self._kv else [None] * len(prompts)
+        if not any(found):  # no reuse: the whole prompts, left-padded
+            batch, width = len(prompts), max(len(p) for p in prompts)
+            input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+            attention = torch.zeros((batch, width), dtype=torch.long)
+            for row, prompt in enumerate(prompts):
+                input_ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+                attention[row, width - len(prompt):] = 1
+            input_ids, attention = input_ids.to(self.device), attention.to(self.device)
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+            cache = DynamicCache()
+            out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                             past_key_values=cache, use_cache=True)
+            return out, cache, attention, positions
+        lengths = [len(key) if key else 0 for key in found]
+        prefix_width = max(lengths)
+        new_width = max(len(p) - n for p, n in zip(prompts, lengths, strict=True))
+        batch = len(prompts)
+        states = [self._kv[key] if key else None for key in found]
+        layers = []
+        for layer, (k0, v0) in enumerate(next(s for s in states if s is not None)):
+            keys = k0.new_zeros((batch, k0.shape[0], prefix_width, k0.shape[-1]))
+            values = v0.new_zeros((batch, v0.shape[0], prefix_width, v0.shape[-1]))
+            for row, state in enumerate(states):
+                if state is not None:
+                    keys[row, :, prefix_width - lengths[row]:] = state[layer][0]
+                    values[row, :, prefix_width - lengths[row]:] = state[layer][1]
+            layers.append((keys, values))
+        input_ids = torch.full((batch, new_width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((batch, prefix_width + new_width), dtype=torch.long)
+        positions = torch.zeros((batch, new_width), dtype=torch.long)
+        for row, (prompt, n) in enumerate(zip(prompts, lengths, strict=True)):
+            rest = list(prompt[n:])
+            input_ids[row, new_width - len(rest):] = torch.tensor(rest, dtype=torch.long)
+            attention[row, prefix_width - n: prefix_width] = 1
+            attention[row, prefix_width + new_width - len(rest):] = 1
+            positions[row, new_width - len(rest):] = torch.arange(n, n + len(rest))
+        input_ids, attention, positions = (x.to(self.device) for x in (input_ids, attention, positions))
+        cache = DynamicCache(layers)
+        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out, cache, attention, positions
+
+    def _cached_prefix(self, prompt: Sequence[int]) -> tuple[int, ...] | None:
+        """The longest cached sequence that ``prompt`` extends (by at least one token)."""
+        for length in sorted({len(k) for k in self._kv}, reverse=True):
+            if length < len(prompt):
+                key = tuple(prompt[:length])
+                if key in self._kv:
+                    return key
+        return None
+
+    def _keep_states(self, prompts: Sequence[Sequence[int]], sampled: list[list[int]], cache: Any,
+                     attention: Any, kept: dict[tuple[int, ...], list[tuple[Any, Any]]]) -> None:
+        """Keep each row's key/value states of its prompt and reply (all but the reply's last
+        token, which was never fed), keyed by those ids."""
+        for row, (prompt, ids) in enumerate(zip(prompts, sampled, strict=True)):
+            covered = list(prompt) + ids[:-1]
+            real = attention[row].nonzero().flatten()[: len(covered)]
+            kept[tuple(covered)] = [(layer.keys[row][:, real].clone(), layer.values[row][:, real].clone())
+                                    for layer in cache.layers]
+
+    def _weights_version(self) -> int:
+        """Changes whenever any parameter is modified in place (an optimizer step)."""
+        return sum(p._version for p in self.model.parameters())
 
     def _sample(self, logp: Any) -> Any:
         import torch

@@ -144,6 +144,10 @@ class RolloutConfig:
     #: an extension of the last starts a new sample; needs context "full"). Null: what the
     #: template does.
     reasoning_history: str | None = None
+    #: Backend hf: keep each live episode's key/value states between turns and prefill only
+    #: the new observation tokens (same tokens; logprobs equal within ~1e-6). Contexts
+    #: rebuilt each turn (window(k), reasoning_history strip) are prefilled whole.
+    kv_reuse: bool = False
 
 
 @dataclass

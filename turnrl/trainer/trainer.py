@@ -99,7 +99,7 @@ class Trainer:
         self.policy = HFPolicy(model_path, temperature=r.temperature, top_p=r.top_p,
                                max_new_tokens=r.max_new_tokens, device=self.dist.device or m.device,
                                dtype=m.dtype, seed=self.dist.seed(cfg.seed),
-                               template_kwargs=m.chat_template_kwargs)
+                               template_kwargs=m.chat_template_kwargs, kv_reuse=r.kv_reuse)
         self.tokenizer = self.policy.tokenizer
         model = builders.with_lora(self.policy.model, m.lora) if self.lora else self.policy.model
         self.policy.model = model
