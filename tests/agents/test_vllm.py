@@ -307,3 +307,19 @@ def test_updates_with_vllm_on_real_templates(request, tmp_path, case, algo):
     trainer.close()
     assert metrics["logprob/rollout_vs_train_max_abs"] < 1e-5
     assert torch.isfinite(torch.tensor(metrics["policy_loss"]))
+
+
+def test_sleep_mode_is_refused_where_vllm_has_none(model_dir):
+    """vLLM's sleep mode needs CUDA/ROCm/XPU: on this CPU the engine says so, by name,
+    before loading anything (the trainer's sleep/wake order is tested with a stand-in
+    engine in tests/trainer/test_engine_sleep.py)."""
+    from vllm.platforms import current_platform
+
+    from turnrl.agents.vllm import VLLMPolicy
+    from turnrl.errors import ConfigError
+
+    if current_platform.is_sleep_mode_available():
+        pytest.skip("this platform has vLLM's sleep mode")
+    with pytest.raises(ConfigError, match=r"rollout.vllm_sleep=1 needs vLLM's sleep mode, which "
+                                          r"this platform \(cpu\) does not have"):
+        VLLMPolicy(str(model_dir), sleep_level=1)

@@ -126,6 +126,15 @@ class RolloutEngine(TokenPolicy, Protocol):
         """Load ``model``'s current weights (LoRA merged) in place; seconds taken."""
         ...
 
+    def sleep(self) -> None:
+        """Free the engine's accelerator memory while the trainer updates (a no-op when
+        the engine was not built to sleep)."""
+        ...
+
+    def wake_up(self) -> None:
+        """Take the memory back (before the weight sync that follows an update)."""
+        ...
+
     def close(self) -> None:
         """Release what the engine holds outside this object (actors, processes)."""
         ...

@@ -68,7 +68,9 @@ class VLLMPolicy(TokenPolicyBase):
                  max_new_tokens: int = 64, stop: Sequence[str] = (), max_model_len: int | None = None,
                  dtype: str | None = None, seed: int | None = 0,
                  engine_kwargs: dict[str, Any] | None = None, greedy: bool = False,
-                 template_kwargs: dict[str, Any] | None = None) -> None:
+                 template_kwargs: dict[str, Any] | None = None, sleep_level: int = 0) -> None:
+        if sleep_level not in (0, 1, 2):
+            raise ConfigError(f"sleep_level must be 0 (off), 1 or 2, got {sleep_level!r}")
         check_sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -91,9 +93,21 @@ class VLLMPolicy(TokenPolicyBase):
         self._collects = 0
         self._pending: dict[str, asyncio.Future] = {}
         self._pump: asyncio.Future | None = None
+        if sleep_level:
+            from vllm.platforms import current_platform
+
+            if not current_platform.is_sleep_mode_available():
+                raise ConfigError(
+                    f"rollout.vllm_sleep={sleep_level} needs vLLM's sleep mode, which this "
+                    f"platform ({current_platform.device_type or 'cpu'}) does not have (CUDA, "
+                    "ROCm and XPU do); set rollout.vllm_sleep=0")
+        #: 0: the engine keeps its memory; 1: :meth:`sleep` offloads weights to CPU and
+        #: drops the KV cache; 2: it drops both (weights come back with the next sync).
+        self.sleep_level, self.sleeping = sleep_level, False
         kwargs = {"dtype": dtype or "float32", "enable_prefix_caching": True,
                   "logprobs_mode": "processed_logprobs", "seed": self._seed,
                   **({"max_model_len": max_model_len} if max_model_len else {}),
+                  **({"enable_sleep_mode": True} if sleep_level else {}),
                   **(engine_kwargs or {})}
         self.llm = LLM(model=model, **kwargs)
         self.max_positions = self.llm.llm_engine.model_config.max_model_len
@@ -210,6 +224,19 @@ class VLLMPolicy(TokenPolicyBase):
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(items)})
         self.llm.reset_prefix_cache()
         self.syncs += 1
+
+    def sleep(self) -> None:
+        """Free the engine's accelerator memory for the update (``sleep_level`` 1: offload
+        weights, drop the KV cache; 2: drop both); a no-op with ``sleep_level`` 0."""
+        if self.sleep_level and not self.sleeping:
+            self.llm.sleep(level=self.sleep_level)
+            self.sleeping = True
+
+    def wake_up(self) -> None:
+        """Take the memory back before the next weight sync and rollout."""
+        if self.sleeping:
+            self.llm.wake_up()
+            self.sleeping = False
 
     def close(self) -> None:
         """Nothing to stop: the engine runs in this process and is freed with the policy

@@ -49,6 +49,12 @@ class _Engine:
     def begin_collect(self) -> None:
         self.policy.begin_collect()
 
+    def sleep(self) -> None:
+        self.policy.sleep()
+
+    def wake_up(self) -> None:
+        self.policy.wake_up()
+
     def load_weights(self, items: list[tuple[str, Any]]) -> int:
         self.policy.load_weights(items)
         return self.policy.syncs
@@ -140,6 +146,14 @@ class RayVLLMPolicy(TokenPolicyBase):
         self.syncs += 1
         self.last_sync_s = time.time() - start
         return self.last_sync_s
+
+    def sleep(self) -> None:
+        """Every engine frees its accelerator memory (see ``VLLMPolicy.sleep``)."""
+        self._ray.get([e.sleep.remote() for e in self.engines])
+
+    def wake_up(self) -> None:
+        """Every engine takes its memory back."""
+        self._ray.get([e.wake_up.remote() for e in self.engines])
 
     def close(self) -> None:
         """Stop the engine actors."""

@@ -97,12 +97,15 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 def build_engine(model_path: str, *, engines: int, ray_address: str | None, temperature: float,
                  top_p: float, max_new_tokens: int, seed: int, max_model_len: int,
                  dtype: str | None, engine_kwargs: dict[str, Any],
-                 template_kwargs: dict[str, Any] | None = None) -> RolloutEngine:
+                 template_kwargs: dict[str, Any] | None = None, sleep_level: int = 0,
+                 gpu_memory_utilization: float | None = None) -> RolloutEngine:
     """A vLLM rollout engine: one in this process, or ``engines`` > 1 as Ray actors
     (data-parallel rollout). vLLM and Ray are imported when the engine is built."""
+    if gpu_memory_utilization is not None:
+        engine_kwargs = {"gpu_memory_utilization": gpu_memory_utilization, **engine_kwargs}
     kwargs = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                   max_model_len=max_model_len, dtype=dtype, engine_kwargs=engine_kwargs,
-                  template_kwargs=template_kwargs)
+                  template_kwargs=template_kwargs, sleep_level=sleep_level)
     if engines > 1:
         return RayVLLMPolicy(model_path, num_engines=engines, address=ray_address, **kwargs)
     return VLLMPolicy(model_path, **kwargs)

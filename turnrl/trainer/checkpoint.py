@@ -20,10 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from turnrl.errors import CheckpointError
+from turnrl.errors import CheckpointError, ConfigError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "load_weights", "rng_state",
-           "set_rng_state", "restore_sampler_rng", "RunLock"]
+           "set_rng_state", "seed_everything", "restore_sampler_rng", "RunLock", "claim_run_dir"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def rng_state() -> dict[str, Any]:
@@ -139,6 +146,22 @@ def load_weights(model: Any, model_dir: str | Path, *, adapters: bool = False) -
     except Exception as exc:  # safetensors, transformers and torch raise many kinds
         raise CheckpointError(f"cannot load the weights in {model_dir}: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+
+def claim_run_dir(run_dir: str | Path, *, resume: bool, lock: bool = True) -> RunLock | None:
+    """Make ``run_dir`` this trainer's: refuse a directory that holds a run unless resuming
+    it, create it, and (``lock``: the run's first process) lock it.
+
+    Raises:
+        ConfigError: the directory holds a run and ``resume`` is false.
+        CheckpointError: another trainer holds the directory, or its checkpoint is damaged.
+    """
+    run_dir = Path(run_dir)
+    if not resume and latest_checkpoint(run_dir) is not None:
+        raise ConfigError(f"{run_dir} already holds a run; resume it with "
+                          f"`turnrl train --resume {run_dir}` or pick a new run_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return RunLock(run_dir) if lock else None
 
 
 class RunLock:

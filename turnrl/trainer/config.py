@@ -135,8 +135,15 @@ class RolloutConfig:
     #: vLLM engines (backend vllm): more than 1 runs each as a Ray actor (data-parallel
     #: rollout, weights synced to every one; ``ray.address``).
     vllm_engines: int = 1
-    #: Extra ``vllm.LLM`` arguments for backend vllm (e.g. gpu_memory_utilization).
+    #: Extra ``vllm.LLM`` arguments for backend vllm.
     vllm: dict[str, Any] = field(default_factory=dict)
+    #: Backend vllm: share of the GPU's memory the engine may take (weights + KV cache);
+    #: null: vLLM's default (0.9, too much when the trainer shares the GPU).
+    vllm_gpu_memory_utilization: float | None = None
+    #: Backend vllm, colocated on the trainer's GPU: free the engine's memory during each
+    #: update (vLLM sleep mode; CUDA/ROCm only): 0 off, 1 offload its weights to CPU and
+    #: drop the KV cache, 2 drop both (the weights come back with the next sync).
+    vllm_sleep: int = 0
     #: When the chat template renders earlier assistant turns differently from how they
     #: were generated (Qwen3 drops earlier ``<think>`` reasoning): "keep" trains on every
     #: turn as generated (one sample per episode; a warning names the mismatch), "strip"
@@ -416,6 +423,11 @@ def _check_rollout(c: TrainConfig) -> list[str]:
     if r.mode == "async" and r.backend != "vllm":
         e.append(f"rollout.mode=async needs rollout.backend=vllm (the HF policy generates in "
                  f"lockstep batches), got backend {r.backend!r}")
+    if r.vllm_sleep not in (0, 1, 2):
+        e.append(f"rollout.vllm_sleep must be 0 (off), 1 or 2, got {r.vllm_sleep}")
+    if r.vllm_gpu_memory_utilization is not None and not 0 < r.vllm_gpu_memory_utilization <= 1:
+        e.append(f"rollout.vllm_gpu_memory_utilization must be in (0, 1], got "
+                 f"{r.vllm_gpu_memory_utilization}")
     if r.vllm_engines < 1:
         e.append(f"rollout.vllm_engines must be >= 1, got {r.vllm_engines}")
     elif r.vllm_engines > 1 and r.backend != "vllm":

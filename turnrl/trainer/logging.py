@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm import tqdm
 
 from turnrl.trainer.advantages import spread_to_tokens
@@ -31,7 +32,8 @@ class MetricsLogger:
     ``enabled=False`` writes nothing (every training process but the first one).
     """
 
-    def __init__(self, run_dir: str | Path, *, enabled: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True,
+                 config: dict[str, Any] | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
         self.samples_path = self.run_dir / "samples.jsonl"
@@ -41,6 +43,8 @@ class MetricsLogger:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if config is not None:  # the run's settings, as resolved (presets filled in)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         try:
             from torch.utils.tensorboard import SummaryWriter
 

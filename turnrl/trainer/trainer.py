@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 from turnrl.agents.base import RolloutEngine, TokenPolicy
@@ -31,12 +29,13 @@ from turnrl.errors import ConfigError
 from turnrl.evaluate import episode_metrics
 from turnrl.trainer import algorithms, builders
 from turnrl.trainer.checkpoint import (
-    RunLock,
+    claim_run_dir,
     latest_checkpoint,
     load_checkpoint,
     load_weights,
     restore_sampler_rng,
     save_checkpoint,
+    seed_everything,
     set_rng_state,
 )
 from turnrl.trainer.config import TrainConfig
@@ -76,11 +75,12 @@ class Trainer:
         # One process, or one rank of several started by `accelerate launch` / torchrun.
         self.dist = Distributed.from_config(cfg.distributed, device=m.device)
         self._progress = cfg.progress and self.dist.is_main  # progress bars on rank 0 only
-        self._check_run_dir(resume)
-        _seed_everything(cfg.seed)
-        self.logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main)  # rank 0 writes
-        if self.dist.is_main:
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self.dist.check_minibatch(cfg.optim.minibatch_size, cfg.optim.micro_batch_size)
+        # one trainer per run directory (rank 0 holds the lock for the run)
+        self._lock = claim_run_dir(self.run_dir, resume=resume, lock=self.dist.is_main)
+        seed_everything(cfg.seed)
+        self.logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main,  # rank 0 writes
+                                    config=cfg.to_dict())
         self.envs = EnvMix.from_config(cfg.env, seed=cfg.seed, env_pool=r.env_pool,
                                        envs_per_worker=r.envs_per_worker, ray_address=cfg.ray.address)
         self.envs.shard(self.dist.rank, self.dist.world_size)  # each rank plays its share
@@ -109,7 +109,8 @@ class Trainer:
                 model_path, engines=r.vllm_engines, ray_address=cfg.ray.address,
                 temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
                 seed=self.dist.seed(cfg.seed), max_model_len=r.max_context_tokens + r.max_new_tokens,
-                dtype=m.dtype, engine_kwargs=r.vllm, template_kwargs=m.chat_template_kwargs)
+                dtype=m.dtype, engine_kwargs=r.vllm, template_kwargs=m.chat_template_kwargs,
+                sleep_level=r.vllm_sleep, gpu_memory_utilization=r.vllm_gpu_memory_utilization)
             self.engine.sync_weights(model)  # LoRA / resumed weights, not only the base
         self.sampler: TokenPolicy = self.engine or self.policy
         self.learner = self._build_learner(model, model_path)
@@ -119,15 +120,6 @@ class Trainer:
             self._resume()
 
     # ================================================================ set-up
-    def _check_run_dir(self, resume: bool) -> None:
-        self.dist.check_minibatch(self.cfg.optim.minibatch_size, self.cfg.optim.micro_batch_size)
-        if not resume and latest_checkpoint(self.run_dir) is not None:
-            raise ConfigError(f"{self.run_dir} already holds a run; resume it with "
-                              f"`turnrl train --resume {self.run_dir}` or pick a new run_dir")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        # one trainer per run directory (rank 0 holds the lock for the run)
-        self._lock = RunLock(self.run_dir) if self.dist.is_main else None
-
     def _build_learner(self, model: Any, model_path: str) -> Learner:
         a, o, m = self.cfg.algorithm, self.cfg.optim, self.cfg.model
         if m.gradient_checkpointing:  # the policy; a separate critic's backbone below
@@ -237,6 +229,8 @@ class Trainer:
         cfg, t0 = self.cfg, time.time()
         # ---- rollout (each rank plays its share; every rank then holds all episodes)
         trajs = self._gather(self.rollout() if episodes is None else episodes)
+        if self.engine is not None:
+            self.engine.sleep()  # its memory is the update's until the next sync
         samples = build_samples(trajs, cfg.rollout.context)
         t_rollout = time.time() - t0
         if not samples:
@@ -299,8 +293,12 @@ class Trainer:
         return self.envs.merge(self.dist.gather(trajectories))
 
     def _sync_engine(self) -> float:
-        """Give the rollout engine the trainer's weights; seconds taken (0 for hf)."""
-        return self.engine.sync_weights(self.model) if self.engine is not None else 0.0
+        """Wake the rollout engine and give it the trainer's weights; seconds taken (0 for
+        hf)."""
+        if self.engine is None:
+            return 0.0
+        self.engine.wake_up()
+        return self.engine.sync_weights(self.model)
 
     # ================================================================ SFT
     def train_sft(self) -> dict[str, float]:
@@ -406,8 +404,3 @@ class Trainer:
         self.dist.barrier()  # every rank returns once the files are there
         return path
 
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
