@@ -151,8 +151,8 @@ def collect(
             turns differently from how they were generated (e.g. Qwen3 drops earlier
             ``<think>`` reasoning): ``"keep"`` appends every turn as generated (one sample
             per episode; warns once about the mismatch), ``"strip"`` gives each turn the
-            history as the template renders it, so a turn whose context is not an
-            extension of the previous one starts a new sample (``context="full"`` only).
+            history (or, with ``window(k)``, its window) as the template renders it, so a
+            turn whose context is not an extension of the previous one starts a new sample.
             None: what the template does (``strip`` if it rewrites history, else ``keep``).
 
     Returns:
@@ -210,13 +210,9 @@ ROLLOUT_MODES = ("lockstep", "async")
 REASONING_HISTORY = ("keep", "strip")
 
 
-def _strips_history(renderer: Any, choice: str | None, mode: Any) -> bool:
+def _strips_history(renderer: Any, choice: str | None) -> bool:
     """Whether contexts are re-rendered by the template each turn (see ``collect``)."""
     strip = choice == "strip" or (choice is None and renderer.history_rewrite is not None)
-    if strip and mode.kind != "full":
-        if choice == "strip":
-            raise ConfigError(f"reasoning_history=strip needs context 'full', got {mode}")
-        strip = False  # window(k) already gives each turn its own sample
     if not strip:
         renderer.warn_if_history_differs()
     return strip
@@ -243,7 +239,7 @@ class _Lockstep:
         self.on_error = on_error
         self.tokens = is_token_policy(agent)
         self.renderer = agent.renderer if self.tokens else None
-        self.strip = self.tokens and _strips_history(self.renderer, reasoning_history, self.mode)
+        self.strip = self.tokens and _strips_history(self.renderer, reasoning_history)
         self.results: dict[tuple[int, int], Trajectory] = {}
 
     # ------------------------------------------------------------------ main loop
@@ -378,7 +374,12 @@ class _Lockstep:
             return traj.messages
         ids = context_ids(traj, traj.num_turns, self.mode)
         if self.strip and traj.turns:  # the context as the template renders the history
-            rendered = self.renderer.prompt_ids(traj.messages, tools=traj.reset_info.get("tools"))
+            messages = traj.messages  # window(k): the opening messages and the last k exchanges
+            if self.mode.kind == "window":
+                opening = len(messages) - 2 * traj.num_turns  # system (if any) and the task
+                kept = opening + 2 * max(0, traj.num_turns - self.mode.k)
+                messages = messages[:opening] + messages[kept:]
+            rendered = self.renderer.prompt_ids(messages, tools=traj.reset_info.get("tools"))
             if rendered != ids:
                 ids = rendered
                 self.slots[slot].context = rendered  # this turn starts a new sample

@@ -251,21 +251,19 @@ def context_ids(traj: Trajectory, turn: int, mode: ContextMode) -> list[int]:
     """Token ids the policy sees before acting at ``turn`` (0-based).
 
     The rollout generates from exactly these ids and :func:`build_samples` trains on
-    exactly these ids, so what is trained is what was sampled from. In ``full`` mode a
-    turn with its own ``context_ids`` (history rewritten by the template) restarts the
-    context there: later turns extend it.
+    exactly these ids, so what is trained is what was sampled from. A turn with its own
+    ``context_ids`` (history as the template rewrote it) has exactly those; in ``full``
+    mode later turns extend them.
     """
     _require_tokens(traj, turn)
+    if turn < traj.num_turns and traj.turns[turn].context_ids is not None:
+        return list(traj.turns[turn].context_ids)
     ids = list(traj.prompt_token_ids or [])
     first = 0 if mode.kind == "full" else max(0, turn - mode.k)
-    restarts = [t for t in range(min(turn + 1, traj.num_turns)) if traj.turns[t].context_ids is not None]
-    if restarts:
-        if mode.kind != "full":
-            raise ValueError("turns with their own context_ids (reasoning_history=strip) need "
-                             "context 'full'")
-        if restarts[-1] == turn:
-            return list(traj.turns[turn].context_ids or [])
-        ids, first = list(traj.turns[restarts[-1]].context_ids or []), restarts[-1]
+    if mode.kind == "full":
+        restarts = [t for t in range(min(turn, traj.num_turns)) if traj.turns[t].context_ids is not None]
+        if restarts:
+            ids, first = list(traj.turns[restarts[-1]].context_ids or []), restarts[-1]
     for t in range(first, turn):
         ids += traj.turns[t].token_ids or []
         ids += traj.turns[t].obs_token_ids or []

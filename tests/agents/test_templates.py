@@ -151,3 +151,22 @@ def test_one_update_with_trainer_logprobs_equal_to_rollout(request, tmp_path, ca
     assert metrics["logprob/rollout_vs_train_max_abs"] < 1e-5
     assert torch.isfinite(torch.tensor(metrics["policy_loss"]))
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+def test_strip_with_a_window_renders_the_window_as_the_template_does(request):
+    policy = _policy(request, "qwen3")
+    recorder = Recorder(policy)
+    trajs = collect(lambda: turnrl.make("turnrl/ChatterUser-v0"), recorder, range(4),
+                    context="window(1)", reasoning_history="strip", on_error="raise")
+    from turnrl.trajectory import build_samples
+
+    prompts = {id(a.token_ids): p for p, a in recorder.calls}
+    for s in build_samples(trajs, "window(1)"):
+        traj, t = trajs[s.trajectory], s.value_turns[0]
+        opening = len(traj.messages) - 2 * traj.num_turns
+        window = traj.messages[:opening] + traj.messages[opening + 2 * max(0, t - 1): opening + 2 * t]
+        prompt = prompts[id(traj.turns[t].token_ids)]
+        assert s.input_ids[: len(prompt)] == prompt  # what the policy saw is what is trained
+        assert policy.tokenizer.decode(prompt, skip_special_tokens=False) == policy.renderer.render(
+            window, add_generation_prompt=True)  # ... and it is the template's own window
+        assert s.input_ids[len(prompt): len(prompt) + len(traj.turns[t].token_ids)] == traj.turns[t].token_ids

@@ -147,8 +147,8 @@ class RolloutConfig:
     #: When the chat template renders earlier assistant turns differently from how they
     #: were generated (Qwen3 drops earlier ``<think>`` reasoning): "keep" trains on every
     #: turn as generated (one sample per episode; a warning names the mismatch), "strip"
-    #: gives each turn the history as the template renders it (a turn whose context is not
-    #: an extension of the last starts a new sample; needs context "full"). Null: what the
+    #: gives each turn the history (or its window) as the template renders it (a turn whose
+    #: context is not an extension of the last starts a new sample). Null: what the
     #: template does.
     reasoning_history: str | None = None
     #: Backend hf: keep each live episode's key/value states between turns and prefill only
@@ -417,9 +417,6 @@ def _check_rollout(c: TrainConfig) -> list[str]:
     e += _one_of("rollout.mode", r.mode, ROLLOUT_MODES)
     if r.reasoning_history is not None:
         e += _one_of("rollout.reasoning_history", r.reasoning_history, REASONING_HISTORY)
-        if r.reasoning_history == "strip" and r.context != "full":
-            e.append(f"rollout.reasoning_history=strip re-renders the whole history each turn, "
-                     f"so it needs rollout.context=full, got {r.context!r}")
     if r.mode == "async" and r.backend != "vllm":
         e.append(f"rollout.mode=async needs rollout.backend=vllm (the HF policy generates in "
                  f"lockstep batches), got backend {r.backend!r}")
