@@ -365,21 +365,45 @@ def test_memory_exhausted_while_formatting_a_traceback(bwrap):
 def test_a_lost_spawner_is_an_infra_error_and_the_next_run_works(bwrap):
     from turnrl.sandbox._spawner import spawner_for
 
-    spawner = spawner_for(bwrap.python, bwrap._spawner_user())
     session = bwrap.session()
     session.run("x = 1")
-    killer = threading.Timer(0.5, os.kill, (spawner.pid, signal.SIGKILL))
-    killer.start()
-    try:
-        lost = bwrap.run("import time\ntime.sleep(10)", timeout_s=10)
-        cell = session.run("print(x)")
-    finally:
-        killer.join()
+    spawner = spawner_for(bwrap.python, bwrap._spawner_user())
+    results = {}
+    runner = threading.Thread(target=lambda: results.update(
+        lost=bwrap.run("import time\ntime.sleep(10)", timeout_s=10)))
+    runner.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (
+            len(spawner._children) == 2 and all(c.pid for c in spawner._children.values())):
+        time.sleep(0.01)  # the session's bwrap and the run's are both running
+    os.kill(spawner.pid, signal.SIGKILL)
+    runner.join(30)
+    lost = results["lost"]
     assert lost.status == "infra_error" and "lost" in lost.message, lost
+    cell = session.run("print(x)")
     assert cell.status in ("infra_error", "runtime_error")  # its sandbox died with the spawner
     assert bwrap.run("print(1)").stdout == "1\n"  # a new spawner
     assert session.run("print(2)").stdout == "2\n"
     session.close()
+
+
+def test_no_orphan_when_the_spawner_is_killed_during_start_up(bwrap):
+    """The spawner itself killed while bwraps start: turnrl kills what is left of them
+    (a sandbox whose pid 1 was not yet tied to its bwrap would run on otherwise)."""
+    from turnrl.sandbox._spawner import spawner_for
+
+    rng = random.Random(9)
+    for _ in range(10):
+        spawner = spawner_for(bwrap.python, bwrap._spawner_user())
+        runners = [threading.Thread(target=bwrap.run, args=("import time\ntime.sleep(30)",),
+                                    kwargs={"timeout_s": 30}) for _ in range(3)]
+        for runner in runners:
+            runner.start()
+        time.sleep(rng.uniform(0.0, 0.05))
+        os.kill(spawner.pid, signal.SIGKILL)
+        for runner in runners:
+            runner.join(30)
+        assert wait_no_leftovers() == []
 
 
 # ------------------------------------------------------------------ 9. orphans

@@ -9,15 +9,23 @@ kill takes its whole process group, i.e. the whole sandbox).
 
 After ``os.fork()`` the child drops its parent's spawners and starts its own when it needs
 one: a spawner serves the process that started it.
+
+If the spawner itself is killed, its sandboxes die with it (bwrap's ``--die-with-parent``)
+except those still starting up; every command it starts carries :attr:`Spawner.tag`, so
+turnrl finds those and kills them. Only if turnrl and the spawner die at the same moment
+can a sandbox that was starting be left behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -89,6 +97,9 @@ class Spawner:
         self._lock = threading.Lock()
         self._next_id = 0
         self._children: dict[int, Spawned] = {}
+        self._closing = False
+        #: Put in the command line of whatever this spawner starts (see kill_tagged).
+        self.tag = f"turnrl-spawner-{secrets.token_hex(8)}"
         self.alive = True
         threading.Thread(target=self._read, name="turnrl-spawner-reader", daemon=True).start()
 
@@ -162,7 +173,11 @@ class Spawner:
             with self._lock:
                 self.alive = False
                 orphans, self._children = list(self._children.values()), {}
-            for child in orphans:  # the spawner died: so did its sandboxes
+            if not self._closing:
+                # The spawner was killed: its sandboxes die with it, except one still
+                # starting up, whose pid 1 is not yet tied to its bwrap. Kill those here.
+                kill_tagged(self.tag)
+            for child in orphans:
                 child.error = child.error or "the sandbox spawner exited"
                 child._started.set()
                 child._exited.set()
@@ -175,10 +190,32 @@ class Spawner:
         """Disconnect: the spawner kills every sandbox it started and exits."""
         with self._lock:
             self.alive = False
+            self._closing = True
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+def kill_tagged(tag: str, rounds: int = 50) -> None:
+    """SIGKILL every process whose command line contains ``tag``, until none is left."""
+    needle = tag.encode()
+    for _ in range(rounds):
+        found = False
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if needle not in f.read():
+                        continue
+                os.kill(int(entry), signal.SIGKILL)
+                found = True
+            except OSError:
+                continue
+        if not found:
+            return
+        time.sleep(0.005)
 
 
 _spawners: dict[tuple[str, int | None], Spawner] = {}

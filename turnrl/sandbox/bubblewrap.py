@@ -56,7 +56,7 @@ from turnrl.sandbox._proc import (
     read_report,
     run_captured,
 )
-from turnrl.sandbox._spawner import Spawned, spawner_for
+from turnrl.sandbox._spawner import Spawned, Spawner, spawner_for
 from turnrl.sandbox.base import (
     CODE_DIR,
     SCRATCH_DIR,
@@ -234,16 +234,21 @@ class BubblewrapSandbox(Sandbox):
             return self._probe_cache[key]
 
     # ------------------------------------------------------------------ command line
+    def _spawner(self) -> Spawner:
+        """This process's spawner for our interpreter and uid (started on first use)."""
+        return spawner_for(self.python, self._spawner_user())
+
     def _spawner_user(self) -> int | None:
         """Run bwrap as the unprivileged uid when we are root (see module docstring)."""
         return self.uid if os.geteuid() == 0 else None
 
-    def _bwrap_args(self, limits: Limits, fds: _Fds) -> list[str]:
+    def _bwrap_args(self, limits: Limits, fds: _Fds, spawner: Spawner) -> list[str]:
         scratch_bytes = str(int(limits.scratch_mb) * 1024 * 1024)
         # No --new-session: the spawner already starts bwrap in a session of its own
         # (no controlling terminal), and the sandbox's pid 1 must stay in bwrap's process
         # group so that one killpg ends the sandbox at any point of its start-up.
-        args = ["--unshare-all", "--die-with-parent"]
+        # The tag (a no-op --unsetenv) lets turnrl find this bwrap if the spawner dies.
+        args = ["--unshare-all", "--die-with-parent", "--unsetenv", spawner.tag]
         if "disable_userns" in self._hardening:
             args += ["--unshare-user", "--disable-userns"]
         args += ["--uid", str(self.uid), "--gid", str(self.uid), "--hostname", "sandbox",
@@ -302,12 +307,13 @@ class BubblewrapSandbox(Sandbox):
         spawned: list[Spawned] = []
         try:
             try:
+                spawner = self._spawner()
                 report_r, report_w = (fds.own(fd) for fd in os.pipe())
                 fds.add(report_w)  # fd 3: the monitor's report, see monitor_argv below
                 secret_fd = None
                 if secret is not None:
                     secret_fd = fds.add(fds.own(memfd("secret", bytes(secret))))
-                args = self._bwrap_args(limits, fds)
+                args = self._bwrap_args(limits, fds, spawner)
                 code_fd = fds.own(memfd("code", code.encode("utf-8", errors="surrogateescape")))
                 code_path = f"{CODE_DIR}/{program_file}"
                 args += ["--perms", "0444", "--ro-bind-data", str(fds.add(code_fd)), code_path]
@@ -325,7 +331,6 @@ class BubblewrapSandbox(Sandbox):
                 status_r, status_w = (fds.own(fd) for fd in os.pipe())
                 args += self._seal() + ["--json-status-fd", str(fds.add(status_w))]
                 stdin_fd = fds.own(memfd("stdin", stdin_bytes))
-                spawner = spawner_for(self.python, self._spawner_user())
             except OSError as exc:
                 return ExecResult("", "", None, "infra_error", False, 0.0,
                                   f"could not prepare the sandbox: {exc}")
@@ -384,10 +389,10 @@ class BubblewrapSandbox(Sandbox):
             kept.append(diag_r)
             fds.own(diag_w)
             null = fds.own(os.open(os.devnull, os.O_RDONLY))
-            argv = [self.bwrap, *self._bwrap_args(limits, fds), *self._seal(), "--",
+            spawner = self._spawner()
+            argv = [self.bwrap, *self._bwrap_args(limits, fds, spawner), *self._seal(), "--",
                     self.python, "-I", "-c", SERVER_SOURCE,
                     json.dumps({**config, "req_fd": 3, "rep_fd": 4})]
-            spawner = spawner_for(self.python, self._spawner_user())
             child = spawner.spawn(argv, [null, diag_w, diag_w, *fds.extra],
                                   env={"PATH": "/usr/bin:/bin"})
         except BaseException:
