@@ -210,6 +210,10 @@ def main() -> None:
     print(f"turnrl from {Path(turnrl.__file__).parent}; wrote {out}")
 
 
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value} ms"
+
+
 def markdown(report: dict) -> str:
     """The results as a Markdown table (used by ``benchmarks/report.py``)."""
     lines = [f"| backend | run p50 | run p95 | session cell p50 / p95 | session start | "
@@ -221,7 +225,7 @@ def markdown(report: dict) -> str:
             continue
         lines.append(f"| {r['backend']} | {r['run_p50_ms']} ms | {r['run_p95_ms']} ms | "
                      f"{r['session_p50_ms']} / {r['session_p95_ms']} ms | {r['session_start_p50_ms']} ms | "
-                     f"{r.get('session_reset_p50_ms', '')} ms | {r['runs_per_s']} |")
+                     f"{_ms(r.get('session_reset_p50_ms'))} | {r['runs_per_s']} |")
     return "\n".join(lines)
 
 
