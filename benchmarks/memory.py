@@ -45,7 +45,7 @@ Usage::
     python benchmarks/memory.py [--tokens 1024 2048 4096 8192] [--chunk 1024] [--max-gb 18]
         [--device cpu|cuda]
 
-Writes ``benchmarks/results/memory.json`` and prints a Markdown table. About 10 minutes on
+Writes ``benchmarks/results/memory.json`` and prints a Markdown table. About 12 minutes on
 2 idle cores (an update with the levers on takes ~30 s per 1k tokens here, 8k: ~4.5 min;
 the "off" runs past 2k stop at the cap within a minute); longer when other jobs share them.
 """

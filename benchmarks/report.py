@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS_MD = HERE.parent / "BENCHMARKS.md"
 #: The benchmarks' sections, in page order (module name = results file name): those
-#: ``make bench`` runs, then ``memory`` (run on its own: about 10 minutes on 2 cores).
+#: ``make bench`` runs, then ``memory`` (run on its own: about 12 minutes on 2 cores).
 SECTIONS = ("env_overhead", "rollout_throughput", "turn_scaling", "trainer_vs_trl",
             "sandbox_latency", "rollout_backends", "env_pools", "memory")
 
