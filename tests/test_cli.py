@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +34,11 @@ def test_eval_expert_json(tmp_path):
     assert isinstance(data, list) and len(data) == 1
     row = data[0]
     assert set(row) == {"env", "episodes", "success_rate", "success_ci95", "mean_return",
-                        "mean_turns", "invalid_rate", "failed", "restarts"}
+                        "mean_turns", "invalid_rate", "failed", "restarts", "seeds",
+                        "samples_per_seed", "pass_at_k", "episode_results"}
+    assert row["samples_per_seed"] == 1 and row["pass_at_k"] == [] and row["seeds"] == 3
+    assert [(e["seed"], e["sample"], e["won"]) for e in row["episode_results"]] == [
+        (0, 0, True), (1, 0, True), (2, 0, True)]
     assert row["env"] == "turnrl/TextWorld-v0" and row["episodes"] == 3
     assert row["success_rate"] == 1.0 and row["invalid_rate"] == 0.0
     low, high = row["success_ci95"]
@@ -84,7 +89,28 @@ def _tiny_32(tmp_path):
     return str(path)
 
 
+def _far_results(tmp_path):
+    """Results of seeds that tests/data/compare_a.json does not hold."""
+    path = tmp_path / "far.json"
+    path.write_text(json.dumps([{"env": "coin", "episode_results": [
+        {"seed": 1000, "sample": 0, "won": True}]}]))
+    return str(path)
+
+
+COMPARE_A = str(Path(__file__).parent / "data" / "compare_a.json")
+
+
 @pytest.mark.parametrize("case,args,named", [
+    ("pass@k above n", lambda t: ["eval", "textworld", "--agent", "random", "--samples-per-seed",
+                                  "3", "--pass-at", "5"],
+     "pass@5 needs at least 5 samples per seed, got 3"),
+    ("pass@0", lambda t: ["eval", "textworld", "--pass-at", "0"], "k >= 1, got k=0"),
+    ("no samples", lambda t: ["eval", "textworld", "--samples-per-seed", "0"],
+     "samples per seed must be >= 1, got 0"),
+    ("unknown compare side", lambda t: ["compare", "rnadom", "expert", "--target", "textworld"],
+     "'rnadom' is neither a results file, a run directory nor a registered agent. Did you mean 'random'"),
+    ("compare without target", lambda t: ["compare", "random", "expert"], "needs an env or suite"),
+    ("no common seeds", lambda t: ["compare", COMPARE_A, _far_results(t)], "share no (env, seed)"),
     ("unwritable json", lambda t: ["eval", "textworld", "--agent", "random", "--episodes", "1",
                                    "--json", str(t / "missing" / "r.json")], "does not exist"),
     ("json is a folder", lambda t: ["eval", "textworld", "--agent", "random", "--json", str(t)],

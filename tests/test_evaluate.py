@@ -58,7 +58,11 @@ def test_results_schema_is_stable():
     result = evaluate("turnrl/GuessEval-v0", ExpertAgent(), episodes=2)[0]
     d = result.to_dict()
     assert list(d) == ["env", "episodes", "success_rate", "success_ci95", "mean_return",
-                       "mean_turns", "invalid_rate", "failed", "restarts"]
+                       "mean_turns", "invalid_rate", "failed", "restarts", "seeds",
+                       "samples_per_seed", "pass_at_k", "episode_results"]
+    assert d["episode_results"] == [
+        {"seed": s, "sample": 0, "won": True, "return": 1.0, "turns": 1, "failed": False}
+        for s in (0, 1)]
     json.dumps(d)
 
 

@@ -3,6 +3,7 @@
     turnrl envs                               list environments and suites
     turnrl play turnrl/TextWorld-v0 --seed 3  play an environment yourself
     turnrl eval textworld --agent expert      success rates with 95% intervals
+    turnrl compare random expert --target textworld   paired comparison on the same seeds
     turnrl train configs/quickstart.yaml      SFT warm start + turn-level PPO
     accelerate launch --multi_gpu -m turnrl.cli train CONFIG   the same, data parallel
     turnrl plot runs/quickstart               PNG curves of a run
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -123,34 +125,43 @@ def cmd_play(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- eval
-def _format_table(results: Sequence[Any]) -> str:
-    header = ["env", "episodes", "success", "95% CI", "return", "turns", "invalid"]
-    rows = []
-    for r in results:
-        low, high = r.success_ci95
-        rows.append([
-            r.env, str(r.episodes), f"{r.success_rate:.1%}", f"[{low:.1%}, {high:.1%}]",
-            f"{r.mean_return:.2f}", f"{r.mean_turns:.1f}", f"{r.invalid_rate:.1%}",
-        ])
+def _columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Lines of a plain table: first column left-aligned, the others right-aligned."""
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(  # noqa: E731
         c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
     )
-    out = [line(header), line(["-" * w for w in widths])]
-    out += [line(row) for row in rows]
-    return "\n".join(out)
+    return [line(header), line(["-" * w for w in widths])] + [line(row) for row in rows]
+
+
+def _format_table(results: Sequence[Any]) -> str:
+    ks = [p.k for p in results[0].pass_at] if results else []
+    header = ["env", "episodes", "success", "95% CI", "return", "turns", "invalid"]
+    header += [f"pass@{k} (95% CI)" for k in ks]
+    rows = []
+    for r in results:
+        low, high = r.success_ci95
+        episodes = str(r.episodes)
+        if r.samples_per_seed > 1:
+            episodes += f" ({r.seeds}x{r.samples_per_seed})"
+        rows.append([
+            r.env, episodes, f"{r.success_rate:.1%}", f"[{low:.1%}, {high:.1%}]",
+            f"{r.mean_return:.2f}", f"{r.mean_turns:.1f}", f"{r.invalid_rate:.1%}",
+        ] + [f"{p.value:.1%} [{p.ci95[0]:.1%}, {p.ci95[1]:.1%}]" for p in r.pass_at])
+    return "\n".join(_columns(header, rows))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from turnrl.agent_registry import agent_spec, make_agent
-    from turnrl.evaluate import evaluate, resolve_target
+    from turnrl.evaluate import check_pass_at, evaluate, resolve_target, samples_differ
     from turnrl.trajectory import save_jsonl
 
     env_kwargs = _parse_env_args(args.env_arg)
     for option, path in (("--json", args.json), ("--save-trajectories", args.save_trajectories)):
         _check_writable(option, path)  # before the evaluation, not after it
+    check_pass_at(args.samples_per_seed, args.pass_at)
     pairs = resolve_target(args.target, episodes=args.episodes, seed=args.seed, env_kwargs=env_kwargs)
     agent_kwargs: dict[str, Any] = {"seed": args.seed} if agent_spec(args.agent).takes_seed() else {}
     if args.agent.startswith("openai:"):
@@ -158,13 +169,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             concurrency=args.concurrency, max_tokens=args.max_tokens)
     elif args.base_url:
         raise ConfigError(f"--base-url goes with --agent openai:MODEL, not {args.agent!r}")
+    if args.temperature is not None:
+        agent_kwargs["temperature"] = args.temperature
     agent = make_agent(args.agent, **agent_kwargs)
-    total = sum(len(seeds) for _, seeds in pairs)
+    total = sum(len(seeds) for _, seeds in pairs) * args.samples_per_seed
     with tqdm(total=total, desc=f"eval {args.agent} on {args.target}", unit="ep",
               file=sys.stderr, disable=args.quiet) as bar:
         results = evaluate(
             args.target, agent, episodes=args.episodes, seed=args.seed, num_envs=args.num_envs,
-            env_kwargs=env_kwargs or None, mode=args.mode, env_pool=args.env_pool,
+            env_kwargs=env_kwargs or None, samples_per_seed=args.samples_per_seed,
+            pass_at=args.pass_at, mode=args.mode, env_pool=args.env_pool,
             envs_per_worker=args.envs_per_worker, ray_address=args.ray_address,
             on_episode_end=lambda _t: bar.update(1),
         )
@@ -173,15 +187,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if r.failed:
             print(f"note: {r.failed} of {r.episodes} episodes of {r.env} crashed and count as "
                   "failures (see the warnings above)", file=sys.stderr)
+    if args.samples_per_seed > 1 and not any(samples_differ(r.trajectories) for r in results):
+        print(f"note: the {args.samples_per_seed} samples of every seed played the same actions "
+              f"({args.agent} did not sample: an oracle, greedy decoding or temperature 0), so "
+              f"pass@k equals pass@1 here", file=sys.stderr)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump([r.to_dict() for r in results], f, indent=2)
-            f.write("\n")
-        print(f"\nwrote {args.json}", file=sys.stderr)
+        _write_json(args.json, [r.to_dict() for r in results])
     if args.save_trajectories:
         save_jsonl((t for r in results for t in r.trajectories), args.save_trajectories)
         print(f"wrote {args.save_trajectories}", file=sys.stderr)
     return 0
+
+
+#: An object or list holding no other: put on one line (JSON strings hold no raw newline).
+_FLAT_JSON = re.compile(r"([\[{])\n\s*([^\[\]{}]*?)\n\s*([\]}])")
+
+
+def _write_json(path: str, data: Any) -> None:
+    """Indented JSON, with each innermost object or list (an episode, an interval) on one
+    line, so per-episode results stay readable."""
+    text = json.dumps(data, indent=2)
+    text = _FLAT_JSON.sub(lambda m: m[1] + " ".join(x.strip() for x in m[2].split("\n")) + m[3], text)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    print(f"\nwrote {path}", file=sys.stderr)
 
 
 def _check_writable(option: str, path: str | None) -> None:
@@ -200,6 +229,74 @@ def _check_writable(option: str, path: str | None) -> None:
         raise ConfigError(f"{option} {path}: folder {folder} does not exist")
     if not os.access(target if target.exists() else folder, os.W_OK):
         raise ConfigError(f"{option} {path}: not writable")
+
+
+# ---------------------------------------------------------------------------- compare
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from turnrl.compare import (
+        EvalTarget,
+        build_agent,
+        choose_target,
+        compare_records,
+        resolve_side,
+        side_records,
+    )
+    from turnrl.evaluate import check_pass_at, resolve_target
+
+    _check_writable("--json", args.json)
+    check_pass_at(args.samples_per_seed, [])
+    if args.resamples < 1:
+        raise ConfigError(f"--resamples must be >= 1, got {args.resamples}")
+    env_kwargs = _parse_env_args(args.env_arg)
+    if not args.target and (args.episodes is not None or env_kwargs):
+        raise ConfigError("--episodes and --env-arg go with --target")
+    target = EvalTarget(args.target, args.episodes, args.seed, env_kwargs) if args.target else None
+    sides = (resolve_side(args.a, "A"), resolve_side(args.b, "B"))
+    where = choose_target(*sides, target)
+    total = 0
+    if where is not None:  # a bad target fails here, before any model loads
+        pairs = resolve_target(where.target, episodes=where.episodes, seed=where.seed,
+                               env_kwargs=dict(where.env_kwargs))
+        total = sum(len(seeds) for _, seeds in pairs) * args.samples_per_seed
+    agents = [build_agent(s, seed=args.seed) if s.plays else None for s in sides]
+    records = []
+    for label, side, agent in zip("AB", sides, agents, strict=True):
+        with tqdm(total=total, desc=f"play {label} {side.spec} on {where.target if where else ''}",
+                  unit="ep", file=sys.stderr, disable=args.quiet or not side.plays) as bar:
+            records.append(side_records(side, agent, where, samples_per_seed=args.samples_per_seed,
+                                        num_envs=args.num_envs, on_episode_end=lambda _t: bar.update(1)))
+    result = compare_records(*records, a_label=args.a, b_label=args.b, resamples=args.resamples)
+    for label, side in zip("AB", sides, strict=True):
+        how = {"results": "results file", "run": "run directory, final_model played",
+               "agent": "agent, played"}[side.kind]
+        print(f"{label}: {side.spec} ({how})")
+    if where is not None:
+        print(f"played on {where.describe()}, {args.samples_per_seed} sample(s) per seed")
+    print(f"B - A: B's success rate minus A's over paired episodes; 95% CI: paired bootstrap "
+          f"over seeds ({args.resamples} resamples); p: exact McNemar\n")
+    print(_format_comparison(result))
+    for label, unpaired in (("A", result.unpaired_a), ("B", result.unpaired_b)):
+        if unpaired:
+            shown = ", ".join(f"{env} seed {seed} sample {n}" for env, seed, n in unpaired[:5])
+            more = f" and {len(unpaired) - 5} more" if len(unpaired) > 5 else ""
+            print(f"note: {len(unpaired)} episodes of {label} have no partner and are left "
+                  f"out: {shown}{more}", file=sys.stderr)
+    if args.json:
+        _write_json(args.json, result.to_dict())
+    return 0
+
+
+def _format_comparison(result: Any) -> str:
+    header = ["env", "pairs", "A", "B", "B - A", "95% CI", "A only", "B only", "McNemar p"]
+    rows = []
+    for s in [*result.envs, result.overall]:
+        low, high = s.ci95
+        rows.append([s.env, str(s.pairs), f"{s.success_a:.1%}", f"{s.success_b:.1%}",
+                     f"{s.difference:+.1%}", f"[{low:+.1%}, {high:+.1%}]", str(s.a_only),
+                     str(s.b_only), f"{s.mcnemar_p:.3g}"])
+    return "\n".join(_columns(header, rows))
 
 
 # ---------------------------------------------------------------------------- train
@@ -288,27 +385,8 @@ def _agents_help() -> str:
         "%", "%%")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from turnrl import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="turnrl",
-        description="Train and evaluate LLM agents on multi-turn text and code environments.",
-    )
-    parser.add_argument("--version", action="version", version=f"turnrl {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("envs", help="list registered environments and suites")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_envs)
-
-    p = sub.add_parser("play", help="play an environment in the terminal")
-    p.add_argument("env_id", help="environment id, e.g. turnrl/TextWorld-v0")
-    p.add_argument("--seed", type=int, default=0, help="reset seed (picks the game)")
-    p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="keyword for the env (repeatable; values read as YAML)")
-    p.set_defaults(func=cmd_play)
-
+def _add_eval_parser(sub: Any) -> None:
+    """The ``eval`` subcommand's arguments."""
     p = sub.add_parser("eval", help="evaluate an agent's success rate on an env or suite")
     p.add_argument("target", help="environment id or suite name (see `turnrl envs`)")
     p.add_argument("--agent", default="random", help=_agents_help())
@@ -334,10 +412,71 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray cluster to join for --env-pool ray (default: a local Ray)")
     p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword for the env (env ids only; repeatable; values read as YAML)")
-    p.add_argument("--json", metavar="FILE", help="write results as JSON")
+    p.add_argument("--samples-per-seed", type=int, default=1, metavar="N",
+                   help="play every seed (game) N times; token policies then sample (at "
+                        "their temperature) instead of decoding greedily")
+    p.add_argument("--pass-at", type=int, action="append", default=[], metavar="K",
+                   help="report pass@K (repeatable; needs K <= --samples-per-seed): the "
+                        "unbiased estimator, averaged over seeds, 95%% bootstrap CI over seeds")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature for agents that take one (hf, openai)")
+    p.add_argument("--json", metavar="FILE", help="write results as JSON (with every "
+                   "episode's seed and outcome, for `turnrl compare`)")
     p.add_argument("--save-trajectories", metavar="FILE", help="write episodes as JSONL")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
+
+
+def _add_compare_parser(sub: Any) -> None:
+    """The ``compare`` subcommand's arguments."""
+    p = sub.add_parser(
+        "compare", help="paired comparison of two agents, runs or results files on the same seeds",
+        description="Pairs A's and B's episodes by (env, seed, sample) and prints, per env and "
+        "overall, both success rates, the difference B - A with a paired bootstrap 95% CI "
+        "(seeds resampled) and the exact McNemar p-value.")
+    p.add_argument("a", metavar="A", help="a results file (`turnrl eval --json` or "
+                   "--save-trajectories output), a run directory (its final_model is played "
+                   "with the run's eval settings) or an agent spec (random, expert, hf:MODEL, ...)")
+    p.add_argument("b", metavar="B", help="the same kinds as A; differences are B - A")
+    p.add_argument("--target", help="env id or suite the agents and runs play (default for "
+                   "run directories: the run's own eval envs and seeds)")
+    p.add_argument("--episodes", type=int, default=None, help="seeds per env, as for eval")
+    p.add_argument("--seed", type=int, default=0,
+                   help="first reset seed for an env id; seeds the agents too")
+    p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword for the env (with --target an env id; repeatable)")
+    p.add_argument("--samples-per-seed", type=int, default=1, metavar="N",
+                   help="episodes per seed for the sides that play (pairs by sample index)")
+    p.add_argument("--num-envs", type=int, default=8, help="environments in flight at once")
+    p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
+    p.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_compare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from turnrl import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="turnrl",
+        description="Train and evaluate LLM agents on multi-turn text and code environments.",
+    )
+    parser.add_argument("--version", action="version", version=f"turnrl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("envs", help="list registered environments and suites")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_envs)
+
+    p = sub.add_parser("play", help="play an environment in the terminal")
+    p.add_argument("env_id", help="environment id, e.g. turnrl/TextWorld-v0")
+    p.add_argument("--seed", type=int, default=0, help="reset seed (picks the game)")
+    p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword for the env (repeatable; values read as YAML)")
+    p.set_defaults(func=cmd_play)
+
+    _add_eval_parser(sub)
+    _add_compare_parser(sub)
 
     from turnrl.trainer import algorithms
 
