@@ -137,3 +137,15 @@ def test_expert_switch_is_turned_on_only_for_agents_that_need_it():
     assert env_kwargs_for(ExpertAgent(), "turnrl/ALFWorld-v0", {"expert": False}) == {
         "expert": False}  # an explicit choice wins
     assert env_kwargs_for(ExpertAgent(), "turnrl/GuessEval-v0", {}) == {}  # no switch
+
+
+def test_env_kwargs_go_to_every_entry_of_a_suite_except_the_ones_entries_set():
+    from turnrl.evaluate import resolve_target
+
+    pairs = resolve_target("textworld", episodes=2, seed=0, env_kwargs={"max_turns": 7})
+    assert [e.kwargs["max_turns"] for e, _ in pairs] == [7, 7, 7, 7]
+    assert pairs[1][0].kwargs["challenge"] == "tw-coin_collector" and pairs[1][1] == [100_000, 100_001]
+    with pytest.raises(ConfigError, match=r"\['challenge'\] are set per entry by suite 'textworld'"):
+        resolve_target("textworld", episodes=2, seed=0, env_kwargs={"challenge": "tw-simple"})
+    with pytest.raises(ConfigError, match="max_turn"):  # a keyword the envs do not take
+        resolve_target("textworld", episodes=2, seed=0, env_kwargs={"max_turn": 7})

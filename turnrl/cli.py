@@ -411,7 +411,8 @@ def _add_eval_parser(sub: Any) -> None:
     p.add_argument("--ray-address", default=None,
                    help="Ray cluster to join for --env-pool ray (default: a local Ray)")
     p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="keyword for the env (env ids only; repeatable; values read as YAML)")
+                   help="keyword for the env, or for every env of a suite (e.g. max_turns=30; "
+                   "repeatable; values read as YAML)")
     p.add_argument("--samples-per-seed", type=int, default=1, metavar="N",
                    help="play every seed (game) N times; token policies then sample (at "
                         "their temperature) instead of decoding greedily")
@@ -444,7 +445,7 @@ def _add_compare_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="first reset seed for an env id; seeds the agents too")
     p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="keyword for the env (with --target an env id; repeatable)")
+                   help="keyword for the env(s) of --target (repeatable)")
     p.add_argument("--samples-per-seed", type=int, default=1, metavar="N",
                    help="episodes per seed for the sides that play (pairs by sample index)")
     p.add_argument("--num-envs", type=int, default=8, help="environments in flight at once")

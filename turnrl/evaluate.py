@@ -351,14 +351,15 @@ def resolve_target(
 
     An env id plays seeds ``seed, seed + 1, ...`` (``episodes`` of them, default 10); a
     suite plays the first ``episodes`` eval seeds of each entry (default: all of them).
+    ``env_kwargs`` go to the env, or to every entry of a suite (see
+    :meth:`~turnrl.envs.suites.Suite.with_kwargs`).
     """
     if episodes is not None and episodes < 1:
         raise ConfigError(f"episodes must be >= 1, got {episodes}")
     if is_suite(target):
-        if env_kwargs:
-            raise ConfigError("env kwargs cannot be combined with a suite; suites fix them")
         pairs = []
-        for entry in get_suite(target).entries:
+        for entry in get_suite(target).with_kwargs(env_kwargs or {}):
+            registry.factory(entry.env_id, **entry.kwargs)  # a keyword it does not take fails now
             n = len(entry.eval_seeds) if episodes is None else episodes
             if n > len(entry.eval_seeds):
                 raise ConfigError(

@@ -106,6 +106,25 @@ def test_suite_run_mixes_envs_with_per_env_metrics(tmp_path, tiny_guess_model):
     assert ev["eval/small/episodes"] == 3 and ev["eval/wide/episodes"] == 3
 
 
+def test_env_kwargs_apply_to_every_suite_entry(tmp_path, tiny_guess_model):
+    turnrl.register_suite("guess-kw", [
+        SuiteEntry("turnrl/GuessTrain-v0", {}, range(0, 100), range(1000, 1010), name="small"),
+        SuiteEntry("turnrl/GuessWide-v0", {"high": 20}, range(0, 100), range(1000, 1010),
+                   name="wide"),
+    ], override=True)
+    base = [f"model.name_or_path={tiny_guess_model}", "env.suite=guess-kw",
+            "rollout.episodes_per_update=8", "rollout.max_new_tokens=4", "total_updates=1",
+            f"run_dir={tmp_path / 'run'}", "eval.episodes=2", "progress=false"]
+    trainer = Trainer(load_config(None, base + ["env.kwargs={max_turns: 1}"]))
+    assert [e.kwargs for e in trainer.envs.entries] == [{"max_turns": 1},
+                                                        {"high": 20, "max_turns": 1}]
+    trajs = trainer.envs.collect_train(trainer.sampler, episodes=8, group_size=1, num_envs=8)
+    assert {len(t.turns) for t in trajs} == {1}  # registered with max_turns=3
+    trainer.close()
+    with pytest.raises(ConfigError, match=r"\['high'\] are set per entry by suite 'guess-kw'"):
+        Trainer(load_config(None, base + ["env.kwargs={high: 5}", f"run_dir={tmp_path / 'r2'}"]))
+
+
 def test_config_errors_are_reported_together(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(None, ["env.id=turnrl/GuessTrain-v0", "rollout.episodes_per_update=6",

@@ -7,7 +7,8 @@ train seeds, checked when the suite is built.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,21 @@ class Suite:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"suite {self.name!r} has duplicate entry names {dupes}")
+
+    def with_kwargs(self, kwargs: Mapping[str, Any]) -> tuple[SuiteEntry, ...]:
+        """The entries with ``kwargs`` added to each entry's own keyword arguments (e.g.
+        ``max_turns`` for every env of the suite).
+
+        Raises:
+            ConfigError: a key some entry sets itself: that is what tells the entries apart
+                (a task type, a challenge), so it cannot be overridden for all of them.
+        """
+        clashes = sorted({k for e in self.entries for k in e.kwargs} & set(kwargs))
+        if clashes:
+            raise ConfigError(
+                f"env kwargs {clashes} are set per entry by suite {self.name!r} (they tell its "
+                f"entries apart); override other keyword arguments only, or use one env id")
+        return tuple(dataclasses.replace(e, kwargs={**e.kwargs, **kwargs}) for e in self.entries)
 
 
 _SUITES: dict[str, Suite] = {}

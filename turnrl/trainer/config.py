@@ -90,7 +90,8 @@ class EnvConfig:
 
     #: Registered env id (set this or ``suite``).
     id: str = ""
-    #: Keyword arguments for ``turnrl.make`` (env ids only).
+    #: Keyword arguments for ``turnrl.make``. With a suite: added to every entry's own
+    #: (e.g. ``{max_turns: 30}``); keys the suite sets per entry cannot be overridden.
     kwargs: dict[str, Any] = field(default_factory=dict)
     #: Suite name (set this or ``id``).
     suite: str = ""

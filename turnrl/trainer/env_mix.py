@@ -60,7 +60,7 @@ class EnvMix:
             if unknown:
                 raise ConfigError(f"env.weights names {unknown} are not entries of suite "
                                   f"{suite.name!r}; entries: {names}")
-            return cls(suite.entries, seed, **pool,
+            return cls(list(suite.with_kwargs(env_cfg.kwargs)), seed, **pool,
                        weights=[float(env_cfg.weights.get(n, 1.0)) for n in names])
         registry.spec(env_cfg.id)  # unknown ids fail here, with suggestions
         entry = SuiteEntry(env_cfg.id, dict(env_cfg.kwargs), range(*env_cfg.train_seeds),
@@ -172,3 +172,4 @@ class EnvMix:
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state
+
