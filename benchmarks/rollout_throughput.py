@@ -16,8 +16,13 @@ sampling settings:
   prefills only the new observation tokens instead of the whole history. Same episodes
   (token ids compared), measured right after the plain engine.
 
+A second table measures KV reuse on the quickstart's rollout shape (32 envs, replies of
+at most 6 tokens, ``configs/quickstart.yaml``) at 6, 8 and 12 turns per episode: the plain
+engine and the engine with KV reuse on the same seeds and sampler state, one after the
+other.
+
 Goals: engine >= 5x sequential at 16 envs; engine >= 0.9x pure generation; KV reuse >= 2x
-the plain engine on these 6-turn episodes.
+the plain engine on the quickstart-shaped rollout with 6+ turns.
 
 Usage::
 
@@ -60,6 +65,41 @@ def _tokens(trajs) -> int:
     return sum(len(turn.token_ids or ()) for t in trajs for turn in t.turns)
 
 
+#: The quickstart's rollout (configs/quickstart.yaml), with more turns per episode.
+QUICKSTART = {"num_envs": 32, "max_new_tokens": 6, "temperature": 1.0}
+
+
+def _kv_reuse_row(model: Path, turns: int, seeds: list[int]) -> dict:
+    """Plain engine vs engine + KV reuse on the quickstart's rollout shape, ``turns`` turns
+    per episode: same seeds, same sampler state, measured one after the other."""
+    from turnrl.agents.hf import HFPolicy
+    from turnrl.envs import registry
+    from turnrl.rollout import collect
+
+    kwargs = {**KWARGS, "max_turns": turns}
+    make = registry.factory(ENV_ID, **kwargs)
+    n, new = QUICKSTART["num_envs"], QUICKSTART["max_new_tokens"]
+    walls, runs = [], []
+    for kv_reuse in (False, True):
+        policy = HFPolicy(str(model), max_new_tokens=new, temperature=QUICKSTART["temperature"],
+                          kv_reuse=kv_reuse, seed=0)
+        collect(make, policy, seeds[:n], num_envs=n)  # warm-up
+        policy.generator.manual_seed(1)
+        start = time.perf_counter()
+        runs.append(collect(make, policy, seeds, num_envs=n))
+        walls.append(time.perf_counter() - start)
+    same = [[t.token_ids for t in x.turns] for x in runs[0]] == \
+        [[t.token_ids for t in x.turns] for x in runs[1]]
+    row = {"turns_per_episode": turns, "episodes": len(runs[0]),
+           "turns": sum(t.num_turns for t in runs[0]), "tokens": _tokens(runs[0]),
+           "plain_tokens_per_s": round(_tokens(runs[0]) / walls[0], 1),
+           "kv_reuse_tokens_per_s": round(_tokens(runs[1]) / walls[1], 1),
+           "speedup": round(walls[0] / walls[1], 2), "same_episodes": same}
+    print(f"quickstart shape, {turns} turns: KV reuse {row['speedup']:.2f}x "
+          f"(same episodes: {same})", file=sys.stderr)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--envs", type=int, nargs="+", default=[1, 4, 16, 64])
@@ -67,6 +107,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--sequential-episodes", type=int, default=16,
                         help="episodes for the sequential baseline (its rate does not depend on the count)")
+    parser.add_argument("--kv-turns", type=int, nargs="*", default=[6, 8, 12],
+                        help="turns per episode for the quickstart-shaped KV reuse table")
     parser.add_argument("--out", default=str(RESULTS / "rollout_throughput.json"))
     args = parser.parse_args()
 
@@ -128,13 +170,15 @@ def main() -> None:
             print(f"{n:3d} envs: {row['tokens_per_s']:8.1f} tok/s, {row['vs_sequential']:5.2f}x sequential, "
                   f"{row['vs_pure_generation']:.3f}x pure generation, KV reuse "
                   f"{row['kv_reuse_speedup']:.2f}x (same episodes: {same})", file=sys.stderr)
+        kv_rows = [_kv_reuse_row(Path(model), turns, seeds) for turns in args.kv_turns]
     report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "python": platform.python_version(),
               "command": "python benchmarks/rollout_throughput.py " + " ".join(sys.argv[1:]),
               "settings": {"episodes": args.episodes, "max_new_tokens": args.max_new_tokens,
                            "env": f"{ENV_ID} {KWARGS}", "model": "tiny Llama, hidden 128, 2 layers"},
               "sequential": {"episodes": len(seq), "tokens_per_s": round(seq_rate, 1)},
-              "rows": rows}
+              "rows": rows,
+              "kv_reuse_quickstart": {"settings": QUICKSTART, "rows": kv_rows}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(markdown(report))
@@ -152,6 +196,16 @@ def markdown(report: dict) -> str:
               f"{'yes' if r['kv_reuse_same_episodes'] else 'no'}") if "kv_reuse_speedup" in r else "- | - | -"
         lines.append(f"| {r['num_envs']} | {r['tokens_per_s']:.0f} | {r['episodes_per_s']:.2f} | "
                      f"{r['vs_sequential']:.2f}x | {r['vs_pure_generation']:.2f}x | {kv} |")
+    quick = report.get("kv_reuse_quickstart")
+    if quick:
+        q = quick["settings"]
+        lines += ["", f"KV reuse on the quickstart's rollout shape ({q['num_envs']} envs, replies of at "
+                  f"most {q['max_new_tokens']} tokens, same seeds and sampler state):", "",
+                  "| turns per episode | plain tokens/s | KV reuse tokens/s | speed-up (goal >= 2x) "
+                  "| same episodes |", "|---|---|---|---|---|"]
+        lines += [f"| {r['turns_per_episode']} | {r['plain_tokens_per_s']:.0f} | "
+                  f"{r['kv_reuse_tokens_per_s']:.0f} | {r['speedup']:.2f}x | "
+                  f"{'yes' if r['same_episodes'] else 'no'} |" for r in quick["rows"]]
     return "\n".join(lines)
 
 
