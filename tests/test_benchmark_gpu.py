@@ -32,6 +32,9 @@ def test_gpu_benchmark_dry_run(tmp_path):
     for update in report["updates"]:
         assert update["rollout/turns"] == 2.0  # the dry run's env.kwargs reach the suite
         assert update["perf/action_tokens"] > 0
-        # the vLLM sampler and the trainer agree on the sampled tokens' logprobs
-        assert update["logprob/rollout_vs_train_max_abs"] < 1e-4
+        # The vLLM sampler and the trainer agree on the sampled tokens' logprobs up to
+        # bfloat16 rounding (the recipe's compute dtype: vLLM runs all of the model in
+        # bfloat16, the trainer its backbone; 1.1e-3 measured). Stale or wrong synced
+        # weights would differ by far more.
+        assert update["logprob/rollout_vs_train_max_abs"] < 5e-2
     assert "| Qwen2 toy" in proc.stdout

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from turnrl.agents.base import Action
+from turnrl.agents.precision import enable_autocast
 from turnrl.agents.token_policy import TokenPolicyBase, check_sampling, eos_ids_of
 from turnrl.errors import ConfigError
 
@@ -20,11 +21,13 @@ __all__ = ["HFPolicy", "load_model_and_tokenizer"]
 
 def load_model_and_tokenizer(
     name_or_path: str, *, device: str | None = None, dtype: str | None = None,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, compute_dtype: str | None = None,
 ) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer from a Hugging Face id or a local directory.
 
-    ``dtype`` defaults to bfloat16 on CUDA and float32 on CPU.
+    ``dtype`` (the weights) defaults to bfloat16 on CUDA and float32 on CPU, and to float32
+    with a ``compute_dtype`` other than float32: mixed precision, see
+    :func:`turnrl.agents.precision.enable_autocast`.
     """
     from pathlib import Path
 
@@ -40,7 +43,8 @@ def load_model_and_tokenizer(
                           "a Hugging Face id of the form 'org/name')")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
-        torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        mixed = compute_dtype not in (None, "float32")
+        torch_dtype = torch.bfloat16 if device.startswith("cuda") and not mixed else torch.float32
     else:
         try:
             torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
@@ -54,7 +58,7 @@ def load_model_and_tokenizer(
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code
     ).to(device)
-    return model, tokenizer
+    return enable_autocast(model, compute_dtype), tokenizer
 
 
 class HFPolicy(TokenPolicyBase):
@@ -75,6 +79,8 @@ class HFPolicy(TokenPolicyBase):
         kv_reuse: keep each episode's key/value states between turns and prefill only the
             new observation tokens (contexts are append-only; a rebuilt context, e.g.
             ``window(k)`` or ``reasoning_history: strip``, is prefilled whole).
+        compute_dtype: ``"bfloat16"``: mixed precision over float32 weights (see
+            :func:`~turnrl.agents.precision.enable_autocast`); for a model loaded here.
 
     A reply ends at the tokenizer's eos, the template's end-of-turn token, or any id of the
     model's ``generation_config.eos_token_id``.
@@ -101,6 +107,7 @@ class HFPolicy(TokenPolicyBase):
         greedy: bool = False,
         template_kwargs: dict[str, Any] | None = None,
         kv_reuse: bool = False,
+        compute_dtype: str | None = None,
     ) -> None:
         import torch
 
@@ -108,7 +115,8 @@ class HFPolicy(TokenPolicyBase):
         if max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size!r}")
         if isinstance(model, str):
-            model, tokenizer = load_model_and_tokenizer(model, device=device, dtype=dtype)
+            model, tokenizer = load_model_and_tokenizer(model, device=device, dtype=dtype,
+                                                        compute_dtype=compute_dtype)
         elif tokenizer is None:
             raise ConfigError("pass tokenizer= together with a loaded model")
         super().__init__(tokenizer, temperature=temperature, top_p=top_p,

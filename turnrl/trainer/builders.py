@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from turnrl.agents.base import RolloutEngine
+from turnrl.agents.precision import enable_autocast
 from turnrl.agents.tiny import make_tiny_model
 from turnrl.agents.vllm import VLLMPolicy
 from turnrl.agents.vllm_ray import RayVLLMPolicy
@@ -54,7 +55,7 @@ def with_lora(model: Any, spec: dict[str, Any]) -> Any:
 
 
 def build_critic(kind: str, model_path: str, hidden_size: int, device: Any, *,
-                 dtype: torch.dtype | None = None,
+                 dtype: torch.dtype | None = None, compute_dtype: str | None = None,
                  gradient_checkpointing: bool = False) -> torch.nn.Module | None:
     """The critic ``kind`` names: ``separate`` (own backbone from ``model_path`` + value
     head), ``shared`` (linear head on the policy's hidden state), ``head`` (MLP on the
@@ -63,12 +64,15 @@ def build_critic(kind: str, model_path: str, hidden_size: int, device: Any, *,
     Args:
         dtype: the separate critic's backbone weights (the policy's dtype; None: as saved).
             Value heads stay float32 and read the hidden state in float32.
+        compute_dtype: mixed precision for the separate critic's backbone, as for the
+            policy (:func:`~turnrl.agents.precision.enable_autocast`).
         gradient_checkpointing: for the separate critic's backbone.
     """
     if kind == "none":
         return None
     if kind == "separate":
         critic = ValueModel.from_pretrained(model_path, **({"dtype": dtype} if dtype else {}))
+        enable_autocast(critic.backbone, compute_dtype)
         if gradient_checkpointing:
             enable_gradient_checkpointing(critic.backbone)
     elif kind == "head":

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from turnrl.agents.precision import COMPUTE_DTYPES, WEIGHT_DTYPES
 from turnrl.envs.pool import POOL_KINDS
 from turnrl.errors import ConfigError, did_you_mean
 from turnrl.rollout import REASONING_HISTORY, ROLLOUT_MODES
@@ -58,6 +59,13 @@ class ModelConfig:
     #: small optim.lr prefer LoRA (peft keeps adapters in float32) or float32. float16
     #: needs loss scaling, which turnrl does not do: not for training.
     dtype: str | None = None
+    #: Mixed precision: "bfloat16" keeps the weights, gradients and optimizer state in
+    #: float32 (model.dtype null or float32) and runs the forward and backward passes under
+    #: torch.autocast in bfloat16, the LM head in float32; vLLM engines then run in
+    #: bfloat16. Tensor-core speed without losing updates smaller than a bfloat16 step
+    #: (the setting for full fine-tuning with a small lr; 16 bytes per parameter for
+    #: weights + gradients + AdamW). null / "float32": no autocast.
+    compute_dtype: str | None = None
     #: cpu | cuda | cuda:N; default CUDA when available.
     device: str | None = None
     #: Recompute each transformer layer's activations in backward instead of keeping them
@@ -360,6 +368,14 @@ def _check_model(c: TrainConfig) -> list[str]:
                      f"use {' or '.join(map(repr, allowed))} (or leave it null)")
     if m.logprob_chunk_tokens < 0:
         e.append(f"model.logprob_chunk_tokens must be >= 0 (0: full logits), got {m.logprob_chunk_tokens}")
+    if m.dtype not in (None, *WEIGHT_DTYPES):
+        e.append(f"model.dtype must be one of {', '.join(WEIGHT_DTYPES)} or null, got {m.dtype!r}")
+    if m.compute_dtype not in (None, *COMPUTE_DTYPES):
+        e.append(f"model.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)} or null, got "
+                 f"{m.compute_dtype!r}")
+    elif m.compute_dtype not in (None, "float32") and m.dtype not in (None, "float32"):
+        e.append(f"model.compute_dtype={m.compute_dtype} is mixed precision over float32 weights; "
+                 f"model.dtype={m.dtype} gives {m.dtype} weights: set model.dtype to float32 or null")
     if m.tiny is not None:
         e += _check_tiny(m.tiny)
     if m.lora is not None:

@@ -99,7 +99,8 @@ class Trainer:
         self.policy = HFPolicy(model_path, temperature=r.temperature, top_p=r.top_p,
                                max_new_tokens=r.max_new_tokens, device=self.dist.device or m.device,
                                dtype=m.dtype, seed=self.dist.seed(cfg.seed),
-                               template_kwargs=m.chat_template_kwargs, kv_reuse=r.kv_reuse)
+                               template_kwargs=m.chat_template_kwargs, kv_reuse=r.kv_reuse,
+                               compute_dtype=m.compute_dtype)
         self.tokenizer = self.policy.tokenizer
         model = builders.with_lora(self.policy.model, m.lora) if self.lora else self.policy.model
         self.policy.model = model
@@ -109,7 +110,8 @@ class Trainer:
                 model_path, engines=r.vllm_engines, ray_address=cfg.ray.address,
                 temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
                 seed=self.dist.seed(cfg.seed), max_model_len=r.max_context_tokens + r.max_new_tokens,
-                dtype=m.dtype, engine_kwargs=r.vllm, template_kwargs=m.chat_template_kwargs,
+                dtype=m.compute_dtype or m.dtype, engine_kwargs=r.vllm,
+                template_kwargs=m.chat_template_kwargs,
                 sleep_level=r.vllm_sleep, gpu_memory_utilization=r.vllm_gpu_memory_utilization)
             self.engine.sync_weights(model)  # LoRA / resumed weights, not only the base
         self.sampler: TokenPolicy = self.engine or self.policy
@@ -126,7 +128,8 @@ class Trainer:
             builders.enable_gradient_checkpointing(model)
         critic = builders.build_critic(
             m.critic if self.algorithm.needs_critic else "none", model_path, model.config.hidden_size,
-            self.policy.device, dtype=model.dtype, gradient_checkpointing=m.gradient_checkpointing)
+            self.policy.device, dtype=model.dtype, compute_dtype=m.compute_dtype,
+            gradient_checkpointing=m.gradient_checkpointing)
         # The KL reference: the policy as RL starts (rebuilt after an SFT warm start).
         reference = builders.frozen_copy(model) if a.kl_coef > 0 and not self.lora else None
         return Learner(
