@@ -52,14 +52,15 @@ def _state_bytes(trainer) -> dict[str, int]:
             storage = tensor.untyped_storage()
             seen.setdefault(storage.data_ptr(), (kind, storage.nbytes()))
 
-    for kind, module in (("policy", trainer.model), ("critic", trainer.critic),
-                         ("reference", trainer.ref_model)):
+    learner = trainer.learner
+    for kind, module in (("policy", learner.model), ("critic", learner.critic),
+                         ("reference", learner.reference)):
         if module is None:
             continue
         for p in module.parameters():
             add(kind, p)
             add(kind, p.grad)
-    for kind, opt in (("policy", trainer.optimizer), ("critic", trainer.critic_optimizer)):
+    for kind, opt in (("policy", learner.optimizer), ("critic", learner.critic_optimizer)):
         if opt is None:
             continue
         for state in opt.state.values():
