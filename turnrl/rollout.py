@@ -38,7 +38,7 @@ from turnrl.agents.base import Action, Agent, AsyncAgent, CollectAware, TokenPol
 from turnrl.envs.pool import EnvPool, LocalPool, WorkerLost, make_pool
 from turnrl.envs.registry import accepts_kwarg
 from turnrl.errors import ConfigError
-from turnrl.trajectory import Message, Trajectory, Turn, context_ids, parse_context
+from turnrl.trajectory import Message, Trajectory, Turn, context_ids, parse_context, state_key
 
 __all__ = ["collect", "first_messages", "is_token_policy", "env_kwargs_for", "ROLLOUT_MODES",
            "REASONING_HISTORY"]
@@ -299,11 +299,14 @@ class _Lockstep:
             return True
         obs, reward, terminated, truncated, info = outcome
         role = info.get("obs_role", "user")
+        # The state acted on: the last message is the observation the action answered.
+        acted_on = state_key(traj.messages[-1]["content"], state.info)
         traj.messages.append({"role": "assistant", "content": action.text})
         traj.messages.append({"role": role, "content": obs})
         turn = Turn(
             action=action.text, reward=float(reward), observation=obs, terminated=terminated,
             truncated=truncated, info=info, token_ids=action.token_ids, logprobs=action.logprobs,
+            state_key=acted_on,
         )
         if self.tokens:
             turn.obs_token_ids = self.renderer.observation_ids(

@@ -11,15 +11,16 @@ Everything here is plain Python (no torch), and round-trips through JSON.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 __all__ = [
     "Message", "Action", "Turn", "Trajectory", "Sample", "ContextMode", "parse_context",
-    "context_ids", "build_samples", "save_jsonl", "load_jsonl",
+    "context_ids", "build_samples", "save_jsonl", "load_jsonl", "state_key",
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -80,6 +81,9 @@ class Turn:
             previous turn's context + its action + its observation ids: the chat template
             rewrote history (``reasoning_history: strip``, e.g. earlier ``<think>``
             reasoning removed). Such a turn starts a new training sample. None otherwise.
+        state_key: the env state this action was taken in (:func:`state_key` of the
+            observation it answered and that observation's info): equal keys, same state.
+            GiGPO compares the turns taken from one state. Set by the rollout.
     """
 
     action: str
@@ -92,6 +96,7 @@ class Turn:
     logprobs: list[float] | None = None
     obs_token_ids: list[int] | None = None
     context_ids: list[int] | None = None
+    state_key: str | None = None
 
     @property
     def invalid(self) -> bool:
@@ -190,6 +195,22 @@ class Trajectory:
         data = {k: v for k, v in data.items() if k != "summary"}
         turns = [Turn(**t) for t in data.pop("turns", [])]
         return cls(turns=turns, **data)
+
+
+def state_key(observation: str, info: Mapping[str, Any]) -> str:
+    """The key of the env state an observation shows: ``"env:" + info["state_key"]`` when the
+    env gives one (e.g. a digest of its engine's state), else ``"obs:"`` + a digest of the
+    observation's text with whitespace collapsed (runs of spaces, tabs and newlines become
+    one space; leading and trailing ones dropped).
+
+    >>> state_key(" You are in\ta  room. ", {}) == state_key("You are in a room.", {})
+    True
+    """
+    key = info.get("state_key")
+    if key is not None:
+        return f"env:{key}"
+    text = " ".join(observation.split())
+    return "obs:" + hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 
 def save_jsonl(trajectories: Iterable[Trajectory], path: str | Path) -> None:

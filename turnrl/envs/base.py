@@ -24,12 +24,17 @@ Standard ``info`` keys (absent only where meaningless):
     ``turn``: turns taken so far in the episode.
     ``tools`` (reset only, optional): JSON-schema function specs of the tools the agent
     may call natively; the rollout hands them to the model's chat template.
+    ``state_key`` (optional): a string identical exactly when the env's state is (e.g.
+    :func:`state_digest` of the engine's state), whatever the observation's wording; GiGPO
+    compares the turns taken from one state. Without it the observation's text stands in.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import string
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -38,7 +43,7 @@ from gymnasium.error import ResetNeeded
 
 from turnrl.envs.parsing import InvalidReply
 
-__all__ = ["TEXT_CHARSET", "InvalidAction", "TextEnv", "sanitize_text"]
+__all__ = ["TEXT_CHARSET", "InvalidAction", "TextEnv", "sanitize_text", "state_digest"]
 
 
 def _build_charset() -> str:
@@ -63,6 +68,17 @@ def sanitize_text(text: str) -> str:
     if _CHARSET_SET.issuperset(text):  # C-level scan: this runs on every observation
         return text
     return "".join(ch if ch in _CHARSET_SET else "\ufffd" for ch in text)
+
+
+def state_digest(facts: Iterable[str]) -> str:
+    """A short key for ``info["state_key"]``: a digest of a set of facts, independent of
+    their order (sorted first) and of repeats.
+
+    >>> state_digest(["at(P, kitchen)", "open(door)"]) == state_digest(["open(door)", "at(P, kitchen)"])
+    True
+    """
+    text = "\n".join(sorted(set(facts)))
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 
 class InvalidAction(InvalidReply):
@@ -168,7 +184,7 @@ class TextEnv(gym.Env[str, str]):
         """Info for a turn whose reply could not be parsed: the state did not change, so
         by default the previous state's keys (admissible actions, expert action, won) carry
         over."""
-        keep = ("admissible_actions", "expert_action", "won", "metrics")
+        keep = ("admissible_actions", "expert_action", "won", "metrics", "state_key")
         return {k: copy.deepcopy(self._last_info[k]) for k in keep if k in self._last_info}
 
     # ------------------------------------------------------------------ Gymnasium API

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 __all__ = [
-    "turn_gae", "episode_returns", "rloo_advantages", "grpo_advantages", "ospo_advantages",
-    "spread_to_tokens", "masked_mean", "TIE_TOLERANCE",
+    "turn_gae", "episode_returns", "returns_to_go", "rloo_advantages", "grpo_advantages",
+    "ospo_advantages", "turn_group_advantages", "gigpo_advantages", "spread_to_tokens",
+    "masked_mean", "TIE_TOLERANCE",
 ]
 
 
@@ -66,6 +67,18 @@ def episode_returns(rewards: torch.Tensor, turn_mask: torch.Tensor, gamma: float
     """``R_i = sum_t gamma^t r_{i,t}`` over the real turns of each episode: ``[B, T] -> [B]``."""
     discount = gamma ** torch.arange(rewards.shape[1], dtype=rewards.dtype)
     return (rewards * turn_mask.to(rewards.dtype) * discount).sum(dim=1)
+
+
+def returns_to_go(rewards: torch.Tensor, turn_mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """``G_t = r_t + gamma * G_{t+1}`` over the real turns of each episode (no bootstrap
+    after the last one): ``[B, T] -> [B, T]``, 0 on padding."""
+    mask = turn_mask.to(rewards.dtype)
+    out = torch.zeros_like(rewards)
+    running = rewards.new_zeros(rewards.shape[0])
+    for t in reversed(range(rewards.shape[1])):
+        running = (rewards[:, t] + gamma * running) * mask[:, t]
+        out[:, t] = running
+    return out
 
 
 #: Returns (or rewards) of a group that differ by at most this, relative to the largest
@@ -170,14 +183,80 @@ def ospo_advantages(
     Returns:
         ``[B, T]`` advantages, 0 on padding.
     """
-    out = torch.zeros_like(rewards)
+    return turn_group_advantages(rewards, turn_mask, turn_groups, scale_by_std=scale_by_std,
+                                 eps=eps)
+
+
+def turn_group_advantages(
+    values: torch.Tensor, turn_mask: torch.Tensor, turn_groups: torch.Tensor, *,
+    scale_by_std: bool = True, eps: float = 1e-6,
+) -> torch.Tensor:
+    """Each turn's value against the other turns of its group: ``(x - mean_g) / (std_g +
+    eps)``, or only centred. Every turn counts once; a group of one, or one whose values tie
+    (:data:`TIE_TOLERANCE`), gets 0; statistics are taken in float64.
+
+    Args:
+        values: ``[B, T]`` a number per turn (a reward, a return-to-go).
+        turn_mask: ``[B, T]`` 1 on real turns.
+        turn_groups: ``[B, T]`` integer group id of each turn (any value on padding).
+
+    Returns:
+        ``[B, T]`` advantages, 0 on padding.
+    """
+    out = torch.zeros_like(values)
     real = turn_mask > 0
     for g in torch.unique(turn_groups[real]):
         members = real & (turn_groups == g)
-        r = rewards[members]
+        r = values[members]
         if r.numel() < 2:
             continue
         out[members] = _relative(r, scale_by_std=scale_by_std, eps=eps)
+    return out
+
+
+def gigpo_advantages(
+    returns: torch.Tensor, step_returns: torch.Tensor, turn_mask: torch.Tensor,
+    groups: list[int] | torch.Tensor, anchors: torch.Tensor, *, step_weight: float = 1.0,
+    scale_by_std: bool = False, eps: float = 1e-6,
+) -> torch.Tensor:
+    """Group-in-group advantages (GiGPO, Feng et al. 2025):
+    ``A_{i,t} = A^E_i + step_weight * A^S_{i,t}``.
+
+    ``A^E_i`` is the episode's advantage within its group (:func:`grpo_advantages` of
+    ``returns``: ``R_i - mean_g``, divided by ``std_g + eps`` with ``scale_by_std``).
+    ``A^S_{i,t}`` compares turn ``t``'s return-to-go with those of the other turns taken
+    from the same env state (the same ``anchors`` id) in the episodes of the same group --
+    an anchor-state group, across episodes and within one (a state visited twice adds two
+    turns): ``G_{i,t} - mean_a``, divided by ``std_a + eps`` with ``scale_by_std``. A turn
+    alone in its anchor group, or one whose group's returns tie, gets ``A^S = 0``.
+    Statistics are over episodes (``A^E``) and over turns (``A^S``), sample standard
+    deviations (n - 1), in float64. (The paper's Eq. 3 takes ``A^E``'s over the group's
+    episodes, as here; verl-agent's code takes them over the group's turns by default, so
+    that long episodes weigh more in the baseline.)
+
+    Args:
+        returns: ``[B]`` episode returns ``R_i``.
+        step_returns: ``[B, T]`` each turn's return-to-go ``G_{i,t}`` (:func:`returns_to_go`).
+        turn_mask: ``[B, T]`` 1 on real turns.
+        groups: ``[B]`` group id of each episode; every group needs >= 2 episodes.
+        anchors: ``[B, T]`` integer id of the state each turn acted on (equal ids: the same
+            state); only compared within a group. Any value on padding.
+        step_weight: ``omega``; 0 leaves the episode advantage alone (GRPO).
+        scale_by_std: divide both parts by their group's standard deviation.
+
+    Returns:
+        ``[B, T]`` advantages, 0 on padding.
+    """
+    mask = turn_mask.to(step_returns.dtype)
+    episode = grpo_advantages(returns, groups, scale_by_std=scale_by_std, eps=eps)
+    out = episode[:, None] * mask
+    if step_weight:
+        group_of = torch.as_tensor(groups, dtype=torch.long)[:, None].expand_as(anchors)
+        pairs = torch.stack([group_of, anchors.long()], dim=-1)  # (group, state) per turn
+        _, ids = torch.unique(pairs.reshape(-1, 2), dim=0, return_inverse=True)
+        step = turn_group_advantages(step_returns, turn_mask, ids.reshape(anchors.shape),
+                                     scale_by_std=scale_by_std, eps=eps)
+        out = out + step_weight * step
     return out
 
 

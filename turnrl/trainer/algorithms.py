@@ -34,7 +34,7 @@ from turnrl.errors import ConfigError, did_you_mean
 __all__ = [
     "Algorithm", "register_algorithm", "get", "names", "table", "describe",
     "BASE_DEFAULTS", "CRITIC_KINDS", "LOSS_AGG_MODES", "KL_ESTIMATORS", "KL_PLACEMENTS",
-    "BACKENDS", "ROLLOUT_FIELDS",
+    "BACKENDS", "ROLLOUT_FIELDS", "IS_MASK_LEVELS", "IS_MASK_MODES",
 ]
 
 #: How a loss is reduced over tokens (see :mod:`turnrl.trainer.losses`).
@@ -43,14 +43,20 @@ LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 #: Where the KL to the reference goes: subtracted from turn rewards, or added to the loss.
 KL_PLACEMENTS = ("reward", "loss")
+#: Importance-sampling masks (:func:`turnrl.trainer.losses.importance_mask`): off, per
+#: token, per sample; a sample's ratio: its tokens' product, or their geometric mean.
+IS_MASK_LEVELS = ("none", "token", "sequence")
+IS_MASK_MODES = ("product", "geometric")
 #: Critics: own backbone + value head; linear head sharing the policy's backbone; MLP on
 #: the policy's detached last hidden state (VL-DAC); none.
 CRITIC_KINDS = ("separate", "shared", "head", "none")
 #: Sampling engines for rollouts.
 BACKENDS = ("hf", "vllm")
 #: Per-turn fields an estimator can ask the rollout for, beyond rewards and values:
-#: ``turn_groups`` -- ``info["turn_group"]`` on every turn (decisions compared together).
-ROLLOUT_FIELDS = ("turn_groups",)
+#: ``turn_groups`` -- ``info["turn_group"]`` on every turn (decisions compared together);
+#: ``state_keys`` -- ``Turn.state_key`` on every turn: the env state it acted on
+#: (``info["state_key"]`` where the env gives one, else the observation's text).
+ROLLOUT_FIELDS = ("turn_groups", "state_keys")
 
 #: The value a setting takes when neither the config nor the algorithm's row sets it.
 #: Every optional term is switched off by 0 (never by null: null means "the default").
@@ -63,6 +69,9 @@ BASE_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "dual_clip": 0.0,
     "tis_cap": 0.0,
     "value_clip": 0.2,
+    "group_std": True,
+    "step_adv_weight": 0.0,
+    "step_gamma": 1.0,
 })
 
 
@@ -201,9 +210,11 @@ def describe() -> str:
 
 # The built-in rows. VL-DAC values follow Bredis et al. (2025) where the paper fixes them
 # (clip 0.1, ratio guard 10, k3 KL to the reference, a detached MLP value head trained
-# alone first); its warm-up length is ours, sized for runs of tens of updates. RLOO, GRPO
-# and OSPO have no critic: their advantages are statistics over a group, so no further
-# normalisation by default.
+# alone first); its warm-up length is ours, sized for runs of tens of updates. RLOO, GRPO,
+# GiGPO and OSPO have no critic: their advantages are statistics over a group, so no further
+# normalisation by default. GiGPO's defaults are Feng et al. (2025)'s and verl-agent's:
+# omega 1, gamma 0.95 for the turn-level returns-to-go, means subtracted without dividing
+# by the std (verl-agent's "mean_norm").
 for _row in (
     Algorithm("ppo", f"{_ESTIMATORS}:gae", params=("gamma", "lam"),
               critics=("separate", "shared", "head"),
@@ -220,6 +231,12 @@ for _row in (
     Algorithm("grpo", f"{_ESTIMATORS}:grpo", params=("gamma", "group_std"),
               min_group_size=2, per_episode=True,
               description="group-relative: (R - mean) / std over episode groups"),
+    Algorithm("gigpo", f"{_ESTIMATORS}:gigpo",
+              params=("gamma", "group_std", "step_adv_weight", "step_gamma"),
+              defaults={"group_std": False, "step_adv_weight": 1.0, "step_gamma": 0.95},
+              min_group_size=2, needs=("state_keys",),
+              description="group-in-group: grpo's episode advantage + a turn-level one among "
+                          "the group's turns taken from the same env state (anchor states)"),
     Algorithm("ospo", f"{_ESTIMATORS}:ospo", params=("group_std",),
               needs=("turn_groups",),
               description="one-step policy optimisation: each decision's reward against the "

@@ -28,6 +28,8 @@ from turnrl.trainer import algorithms
 from turnrl.trainer.algorithms import (
     BACKENDS,
     BASE_DEFAULTS,
+    IS_MASK_LEVELS,
+    IS_MASK_MODES,
     KL_ESTIMATORS,
     KL_PLACEMENTS,
     LOSS_AGG_MODES,
@@ -177,10 +179,10 @@ class AlgorithmConfig:
     by setting it to 0.
     """
 
-    #: A registered algorithm: ppo | vldac | rloo | grpo | ospo | sft (``turnrl train
-    #: --help`` lists them with their critics and group sizes).
+    #: A registered algorithm: ppo | vldac | rloo | grpo | gigpo | ospo | sft (``turnrl
+    #: train --help`` lists them with their critics and group sizes).
     name: str = "ppo"
-    #: Discount per turn (GAE; rloo/grpo discount an episode's return with it).
+    #: Discount per turn (GAE; rloo/grpo/gigpo discount an episode's return with it).
     gamma: float = 1.0
     lam: float = 0.95
     clip_ratio: float | None = None
@@ -212,8 +214,27 @@ class AlgorithmConfig:
     #: min(exp(logp_train_old - logp_rollout), cap), correcting for a rollout engine whose
     #: logprobs differ from the trainer's (vLLM); 0 disables.
     tis_cap: float | None = None
-    #: grpo, ospo: divide by the group's standard deviation; false drops it (Dr. GRPO).
-    group_std: bool = True
+    #: Importance-sampling masking: leave out of the policy loss the tokens ("token") or
+    #: whole samples ("sequence") whose ratio rho = pi_trainer / pi_rollout (the trainer's
+    #: logprob before the update over the sampling engine's) is outside [is_mask_low,
+    #: is_mask_high]; "none" disables. A sample's ratio is the product of its action
+    #: tokens' ratios (is_mask_mode "product") or their geometric mean ("geometric":
+    #: length-independent, give it a narrow band such as [0.99, 1.01]). Masked tokens leave
+    #: the loss and its normaliser (the token mean is over the kept tokens; entropy and KL
+    #: terms too); ``is_masked_frac`` logs the share of action tokens left out. Which to use
+    #: when (hf sampler, vLLM, async or stale rollouts): docs/scaling.md.
+    is_mask: str = "none"
+    is_mask_mode: str = "product"
+    is_mask_low: float = 0.5
+    is_mask_high: float = 2.0
+    #: grpo, gigpo, ospo: divide by the group's standard deviation; false drops it (Dr.
+    #: GRPO; gigpo's default, verl-agent's "mean_norm"). For gigpo it applies to both the
+    #: episode and the turn-level part.
+    group_std: bool | None = None
+    #: gigpo: weight omega of the turn-level (anchor-state) advantage; 0 disables it.
+    step_adv_weight: float | None = None
+    #: gigpo: discount of the turn-level returns-to-go G_t = r_t + step_gamma G_{t+1}.
+    step_gamma: float | None = None
 
 
 @dataclass
@@ -469,17 +490,27 @@ def _check_algorithm(c: TrainConfig) -> list[str]:
     e += _one_of("algorithm.loss_agg", a.loss_agg, LOSS_AGG_MODES)
     e += _one_of("algorithm.kl_estimator", a.kl_estimator, KL_ESTIMATORS)
     e += _one_of("algorithm.kl_in", a.kl_in, KL_PLACEMENTS)
-    if not 0 <= a.gamma <= 1 or not 0 <= a.lam <= 1:
-        e.append(f"algorithm.gamma and algorithm.lam must be in [0, 1], got {a.gamma}, {a.lam}")
+    if not 0 <= a.gamma <= 1 or not 0 <= a.lam <= 1 or not 0 <= a.step_gamma <= 1:
+        e.append(f"algorithm.gamma, algorithm.lam and algorithm.step_gamma must be in [0, 1], "
+                 f"got {a.gamma}, {a.lam}, {a.step_gamma}")
     if not 0 < a.clip_ratio < 1:
         e.append(f"algorithm.clip_ratio must be in (0, 1), got {a.clip_ratio}")
     for key, low in (("dual_clip", 1.0), ("ratio_guard", 1.0), ("tis_cap", 0.0)):
         value = getattr(a, key)
         if value != 0 and not value > low:
             e.append(f"algorithm.{key} must be > {low:g} (or 0 to disable), got {value}")
-    for key in ("kl_coef", "entropy_coef", "value_clip", "critic_warmup_updates"):
+    for key in ("kl_coef", "entropy_coef", "value_clip", "critic_warmup_updates", "step_adv_weight"):
         if getattr(a, key) < 0:
             e.append(f"algorithm.{key} must be >= 0 (0 disables), got {getattr(a, key)}")
+    return e + _check_is_mask(a)
+
+
+def _check_is_mask(a: AlgorithmConfig) -> list[str]:
+    e = _one_of("algorithm.is_mask", a.is_mask, IS_MASK_LEVELS)
+    e += _one_of("algorithm.is_mask_mode", a.is_mask_mode, IS_MASK_MODES)
+    if not 0 <= a.is_mask_low < 1 < a.is_mask_high:
+        e.append(f"algorithm.is_mask_low and is_mask_high must satisfy 0 <= low < 1 < high "
+                 f"(the band of kept ratios holds 1), got [{a.is_mask_low}, {a.is_mask_high}]")
     return e
 
 

@@ -18,15 +18,17 @@ import torch
 from turnrl.trainer import turns as T
 from turnrl.trainer.advantages import (
     episode_returns,
+    gigpo_advantages,
     grpo_advantages,
     ospo_advantages,
+    returns_to_go,
     rloo_advantages,
     turn_gae,
 )
 from turnrl.trainer.algorithms import Algorithm
 from turnrl.trajectory import Sample, Trajectory
 
-__all__ = ["gae", "rloo", "grpo", "ospo", "TurnAdvantages", "compute_advantages"]
+__all__ = ["gae", "rloo", "grpo", "gigpo", "ospo", "TurnAdvantages", "compute_advantages"]
 
 
 def gae(turns: T.TurnBatch, *, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +55,18 @@ def grpo(turns: T.TurnBatch, *, gamma: float, group_std: bool) -> tuple[torch.Te
     returns = episode_returns(turns.rewards, turns.turn_mask, gamma)
     adv = grpo_advantages(returns, turns.groups, scale_by_std=group_std)
     return _on_every_turn(adv, returns, turns.turn_mask)
+
+
+def gigpo(turns: T.TurnBatch, *, gamma: float, group_std: bool, step_adv_weight: float,
+          step_gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GiGPO: each episode's (``gamma``-discounted) return against its group, plus
+    ``step_adv_weight`` x each turn's ``step_gamma``-discounted return-to-go against the
+    group's other turns from the same env state; the returns are the returns-to-go."""
+    returns = episode_returns(turns.rewards, turns.turn_mask, gamma)
+    to_go = returns_to_go(turns.rewards, turns.turn_mask, step_gamma)
+    adv = gigpo_advantages(returns, to_go, turns.turn_mask, turns.groups, turns.anchors,
+                           step_weight=step_adv_weight, scale_by_std=group_std)
+    return adv, to_go
 
 
 def ospo(turns: T.TurnBatch, *, group_std: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,6 +129,8 @@ def compute_advantages(
         groups=T.group_ids(trajectories),
         turn_groups=(T.turn_groups(trajectories, t_max, algorithm=algorithm.name)
                      if "turn_groups" in algorithm.needs else None),
+        anchors=(T.anchor_ids(trajectories, t_max, algorithm=algorithm.name)
+                 if "state_keys" in algorithm.needs else None),
     )
     adv, returns = algorithm.estimator_fn()(batch, **params)
     if normalize:

@@ -15,6 +15,7 @@ the whole minibatch's count, so the all-reduced gradient is one process's gradie
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,14 @@ from turnrl.trainer.batching import Batch, collate, pack_by_tokens, token_logpro
 from turnrl.trainer.critic import ValueHead, gather_values
 from turnrl.trainer.distributed import Distributed, shard_range
 from turnrl.trainer.estimators import TurnAdvantages
-from turnrl.trainer.losses import aggregate, kl_penalty, nll_loss, policy_loss, value_loss
+from turnrl.trainer.losses import (
+    aggregate,
+    importance_mask,
+    kl_penalty,
+    nll_loss,
+    policy_loss,
+    value_loss,
+)
 from turnrl.trajectory import Sample
 
 __all__ = ["Learner", "LossSettings", "BatchSettings", "Scored", "policy_normalizer"]
@@ -49,6 +57,9 @@ class LossSettings:
         dual_clip: dual-clip constant (> 1) for negative advantages.
         ratio_guard: VL-DAC: a turn with any ratio above this uses only the clipped term.
         tis_cap: truncated importance weights between rollout engine and trainer.
+        is_mask, is_mask_mode, is_mask_low, is_mask_high: importance-sampling masking
+            (:func:`~turnrl.trainer.losses.importance_mask`): "none", "token" or "sequence",
+            the sequence ratio ("product" or "geometric") and the band of kept ratios.
         entropy_coef: entropy bonus.
         kl_coef: KL to the reference; ``kl_in_loss`` adds it to the loss (else it went into
             the rewards, and here it is only logged), with ``kl_estimator``.
@@ -63,6 +74,10 @@ class LossSettings:
     dual_clip: float = 0.0
     ratio_guard: float = 0.0
     tis_cap: float = 0.0
+    is_mask: str = "none"
+    is_mask_mode: str = "product"
+    is_mask_low: float = 0.5
+    is_mask_high: float = 2.0
     entropy_coef: float = 0.0
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
@@ -101,6 +116,8 @@ class Scored:
         values: ``[K_i]`` per sample: the critic's values at its value positions (zeros
             without a critic).
         mismatch_mean, mismatch_max: |trainer - rollout| logprob of the sampled tokens.
+        keep: ``[S_i]`` per sample: 1 on the action tokens the update trains on (the loss
+            mask less the importance-sampling mask); None: every action token.
     """
 
     old_logp: list[torch.Tensor]
@@ -108,12 +125,16 @@ class Scored:
     values: list[torch.Tensor]
     mismatch_mean: float = 0.0
     mismatch_max: float = 0.0
+    keep: list[torch.Tensor] | None = None
 
 
-def policy_normalizer(samples: Sequence[Sample], agg: str) -> int:
+def policy_normalizer(samples: Sequence[Sample], agg: str,
+                      keep: Sequence[torch.Tensor] | None = None) -> int:
     """A batch's count for its policy-loss terms: action tokens (``token-mean``) or
-    sequences with any (``seq-mean-token-mean``); at least 1."""
-    tokens = [sum(s.loss_mask) for s in samples]
+    sequences with any (``seq-mean-token-mean``); at least 1. With ``keep`` (``[S_i]`` per
+    sample, :attr:`Scored.keep`) only the kept tokens count."""
+    tokens = ([sum(s.loss_mask) for s in samples] if keep is None
+              else [int(k.sum()) for k in keep])
     return max(sum(tokens) if agg == "token-mean" else sum(t > 0 for t in tokens), 1)
 
 
@@ -264,13 +285,15 @@ class Learner:
     def update(self, samples: Sequence[Sample], scored: Scored, adv: TurnAdvantages, *,
                train_policy: bool = True, step: int = 0) -> dict[str, float]:
         """``epochs`` passes of clipped minibatch updates; mean statistics per optimizer
-        step (largest for ``ratio_max``).
+        step (largest for ``ratio_max``), and with an importance-sampling mask
+        ``is_masked_frac``: the share of the batch's action tokens it leaves out.
 
         Args:
             train_policy: False trains the critic only (VL-DAC's warm-up).
             step: the update number (with ``seed``, it orders the minibatches).
         """
         b = self.batches
+        scored = self.with_importance_mask(samples, scored)
         sums: dict[str, float] = {}
         count = 0
         order_rng = np.random.default_rng(self.seed * 100_003 + step)
@@ -284,7 +307,26 @@ class Learner:
                                  else sums.get(key, 0.0) + value)
                 count += 1
         sums = self._sum_over_ranks(sums)
-        return {k: v if k in _MAX_STATS else v / max(count, 1) for k, v in sums.items()}
+        stats = {k: v if k in _MAX_STATS else v / max(count, 1) for k, v in sums.items()}
+        if scored.keep is not None:  # every rank holds every sample's mask: not summed
+            kept = sum(float(k.sum()) for k in scored.keep)
+            stats["is_masked_frac"] = 1.0 - kept / max(sum(sum(s.loss_mask) for s in samples), 1)
+        return stats
+
+    def with_importance_mask(self, samples: Sequence[Sample], scored: Scored) -> Scored:
+        """``scored`` with :attr:`Scored.keep` set by the importance-sampling mask
+        (``losses.is_mask``; trainer logprobs before the update vs the rollout's), or as it
+        is without one. The mask is fixed for the whole update."""
+        c = self.losses
+        if c.is_mask == "none":
+            return scored
+        keep = []
+        for s, old in zip(samples, scored.old_logp, strict=True):
+            rows = [old, torch.tensor(s.rollout_logprobs), torch.tensor(s.loss_mask)]
+            keep.append(importance_mask(*(r[None].float() for r in rows), level=c.is_mask,
+                                        mode=c.is_mask_mode, low=c.is_mask_low,
+                                        high=c.is_mask_high)[0])
+        return dataclasses.replace(scored, keep=keep)
 
     def _sum_over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
         """Add up the ranks' parts of the update statistics (each rank holds its samples'
@@ -336,16 +378,17 @@ class Learner:
         shortest = min(idx, key=lambda i: (len(samples[i]), i))
         return mine + [([shortest], True)] * (max(1, *map(len, packs)) - len(mine))
 
-    def _normalizers(self, chosen: list[Sample], adv: TurnAdvantages) -> dict[str, float]:
+    def _normalizers(self, chosen: list[Sample], adv: TurnAdvantages,
+                     keep: list[torch.Tensor] | None = None) -> dict[str, float]:
         """What the loss terms of a minibatch are divided by, so that its pieces
         (micro-batches, ranks) add up to it: ``policy`` (action tokens for token-mean,
-        sequences with action tokens for seq-mean-token-mean), ``tokens`` and ``values``
-        (value targets)."""
+        sequences with action tokens for seq-mean-token-mean; only ``keep``'s tokens with an
+        importance-sampling mask), ``tokens`` and ``values`` (value targets)."""
         values = 0
         if self.critic is not None:
             values = sum(turn < adv.num_turns[s.trajectory] for s in chosen for turn in s.value_turns)
-        return {"policy": policy_normalizer(chosen, self.losses.loss_agg),
-                "tokens": policy_normalizer(chosen, "token-mean"), "values": max(values, 1)}
+        return {"policy": policy_normalizer(chosen, self.losses.loss_agg, keep),
+                "tokens": policy_normalizer(chosen, "token-mean", keep), "values": max(values, 1)}
 
     def _minibatch(self, idx: list[int], samples: Sequence[Sample], scored: Scored,
                    adv: TurnAdvantages, train_policy: bool) -> dict[str, float]:
@@ -353,7 +396,8 @@ class Learner:
         rank runs its share in micro-batches, gradients are all-reduced at the last one,
         and every rank takes the same step. A non-finite loss or gradient on any rank skips
         the step on all of them (NaN guard)."""
-        norm = self._normalizers([samples[i] for i in idx], adv)
+        keep = [scored.keep[i] for i in idx] if scored.keep is not None else None
+        norm = self._normalizers([samples[i] for i in idx], adv, keep)
         modules = [m for m in (self.train_model, self.train_critic) if m is not None]
         self._zero_grad()
         acc: dict[str, float] = {}
@@ -408,6 +452,8 @@ class Learner:
                              temperature=self.temperature, with_entropy=True,
                              with_hidden=self.critic_reads_hidden, chunk_tokens=self.chunk_tokens)
         mask = batch.loss_mask
+        if scored.keep is not None:  # importance-sampling mask: dropped tokens count nowhere
+            mask = mask * T.pad_rows([scored.keep[i] for i in mb], mask.shape[1]).to(self.device)
         weights = None
         if c.tis_cap:  # rollout engine vs trainer: truncated importance weights
             weights = torch.exp(old - batch.rollout_logprobs).clamp(max=c.tis_cap) * mask

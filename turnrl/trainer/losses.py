@@ -15,14 +15,16 @@ up to exactly the whole batch's, however it is split.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from turnrl.trainer.advantages import masked_mean
-from turnrl.trainer.algorithms import KL_ESTIMATORS, LOSS_AGG_MODES
+from turnrl.trainer.algorithms import IS_MASK_LEVELS, IS_MASK_MODES, KL_ESTIMATORS, LOSS_AGG_MODES
 
 __all__ = [
     "LOSS_AGG_MODES", "aggregate", "policy_loss", "value_loss", "entropy_from_logits",
-    "kl_penalty", "nll_loss", "KL_ESTIMATORS",
+    "kl_penalty", "nll_loss", "importance_mask", "KL_ESTIMATORS",
 ]
 
 
@@ -185,3 +187,58 @@ def nll_loss(logprobs: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean"
     """Masked negative log-likelihood (SFT on action tokens only); ``normalizer`` as in
     :func:`aggregate`."""
     return aggregate(-logprobs, mask, agg, normalizer=normalizer)
+
+
+def importance_mask(
+    trainer_logprobs: torch.Tensor,
+    rollout_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    level: str,
+    mode: str = "product",
+    low: float = 0.5,
+    high: float = 2.0,
+) -> torch.Tensor:
+    """Importance-sampling mask: which of ``mask``'s tokens stay in the policy loss.
+
+    The ratio of a token is ``rho = exp(trainer_logprobs - rollout_logprobs)``: how much
+    likelier the trainer finds the sampled token than the engine that sampled it did.
+    ``level="token"`` keeps a token iff ``low <= rho <= high``. ``level="sequence"`` keeps
+    or drops each row whole, by its ratio over the row's masked tokens: ``exp(sum log rho)``
+    (``mode="product"``, the likelihood ratio of the whole reply) or ``exp(mean log rho)``
+    (``mode="geometric"``). ``level="none"`` keeps every token. A NaN ratio is outside
+    every band. Bounds are compared in log space, in the logprobs' dtype (a ratio equal to a
+    bound is kept; ``low = 0``: no lower bound).
+
+    Use the result as the loss mask (it is 0 wherever ``mask`` is): :func:`aggregate` then
+    divides by the kept tokens, so dropped tokens leave both the loss and its normaliser
+    (``token-mean`` is the mean over kept tokens; ``seq-mean-token-mean`` averages each row
+    over its kept tokens, and a row with none left out of the row count), as if never
+    sampled.
+
+    Args:
+        trainer_logprobs, rollout_logprobs, mask: ``[B, S]``; values off the mask are ignored.
+
+    Returns:
+        ``[B, S]`` float mask, 1 on kept tokens.
+
+    Raises:
+        ValueError: unknown ``level`` or ``mode``, or a band without 1 in it.
+    """
+    if level not in IS_MASK_LEVELS:
+        raise ValueError(f"is_mask level must be one of {IS_MASK_LEVELS}, got {level!r}")
+    if mode not in IS_MASK_MODES:
+        raise ValueError(f"is_mask mode must be one of {IS_MASK_MODES}, got {mode!r}")
+    if not 0 <= low < 1 < high:
+        raise ValueError(f"the is_mask band must satisfy 0 <= low < 1 < high, got [{low}, {high}]")
+    counted = mask > 0
+    if level == "none":
+        return counted.to(trainer_logprobs.dtype)
+    log_ratio = torch.where(counted, trainer_logprobs - rollout_logprobs, 0.0)
+    log_low = math.log(low) if low > 0 else -math.inf
+    if level == "sequence":
+        log_ratio = log_ratio.sum(-1, keepdim=True)
+        if mode == "geometric":
+            log_ratio = log_ratio / counted.sum(-1, keepdim=True).clamp(min=1)
+    inside = (log_ratio >= log_low) & (log_ratio <= math.log(high))
+    return (counted & inside).to(trainer_logprobs.dtype)

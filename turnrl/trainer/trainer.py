@@ -141,6 +141,8 @@ class Trainer:
             logprob_chunk_tokens=m.logprob_chunk_tokens, losses=LossSettings(
                 clip_ratio=a.clip_ratio, dual_clip=a.dual_clip, ratio_guard=a.ratio_guard,
                 tis_cap=a.tis_cap, entropy_coef=a.entropy_coef, kl_coef=a.kl_coef,
+                is_mask=a.is_mask, is_mask_mode=a.is_mask_mode, is_mask_low=a.is_mask_low,
+                is_mask_high=a.is_mask_high,
                 kl_estimator=a.kl_estimator, kl_in_loss=a.kl_in == "loss", loss_agg=a.loss_agg,
                 value_clip=a.value_clip, value_coef=a.vf_coef if m.critic == "shared" else 1.0),
             batches=BatchSettings(epochs=o.epochs_per_update, minibatch_size=o.minibatch_size,

@@ -19,8 +19,8 @@ from turnrl.trainer.losses import kl_penalty
 from turnrl.trajectory import Sample, Trajectory
 
 __all__ = [
-    "TurnBatch", "episode_tensors", "turn_values", "group_ids", "turn_groups", "turn_kl",
-    "whiten", "pad_rows", "sample_advantages",
+    "TurnBatch", "episode_tensors", "turn_values", "group_ids", "turn_groups", "anchor_ids",
+    "turn_kl", "whiten", "pad_rows", "sample_advantages",
 ]
 
 
@@ -37,6 +37,8 @@ class TurnBatch:
         groups: one integer per episode, shared by the episodes of one (entry, seed) group.
         turn_groups: ``[N, T]`` group id of each turn (``info["turn_group"]``), -1 where
             absent; None unless the algorithm asks for it.
+        anchors: ``[N, T]`` id of the env state each turn acted on (``Turn.state_key``;
+            equal ids: the same state), -1 on padding; None unless the algorithm asks for it.
     """
 
     rewards: torch.Tensor
@@ -45,6 +47,7 @@ class TurnBatch:
     terminated: torch.Tensor
     groups: list[int]
     turn_groups: torch.Tensor | None = None
+    anchors: torch.Tensor | None = None
 
 
 def episode_tensors(trajectories: Sequence[Trajectory]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -120,6 +123,32 @@ def turn_groups(trajectories: Sequence[Trajectory], t_max: int, *, algorithm: st
             f"algorithm {algorithm} compares the decisions of a turn group, but {missing} "
             "turns have no info['turn_group']; use an env that sets it (e.g. "
             "turnrl/RideDispatchDriver-v0: the drivers of one round)")
+    return out
+
+
+def anchor_ids(trajectories: Sequence[Trajectory], t_max: int, *, algorithm: str) -> torch.Tensor:
+    """``[N, T]`` id of the env state each turn acted on: the batch's distinct
+    ``Turn.state_key`` values numbered, -1 on padding. Equal keys get equal ids in any
+    episode (an estimator compares them within a group only).
+
+    Raises:
+        ConfigError: a turn has no ``state_key`` (episodes not recorded by turnrl's rollout,
+            e.g. loaded from an older JSONL).
+    """
+    ids: dict[str, int] = {}
+    out = torch.full((len(trajectories), t_max), -1, dtype=torch.long)
+    missing = 0
+    for i, traj in enumerate(trajectories):
+        for t, turn in enumerate(traj.turns):
+            if turn.state_key is None:
+                missing += 1
+                continue
+            out[i, t] = ids.setdefault(turn.state_key, len(ids))
+    if missing:
+        raise ConfigError(
+            f"algorithm {algorithm} groups turns by the env state they acted on, but "
+            f"{missing} turns have no state_key; play the episodes with turnrl's rollout, "
+            "which records it (info['state_key'], else the observation's text)")
     return out
 
 

@@ -22,11 +22,24 @@ from turnrl.envs.alfworld.games import (
 )
 from turnrl.envs.alfworld.generator import generate_household
 from turnrl.envs.alfworld.tasks import resolve_split, resolve_task_types
-from turnrl.envs.base import InvalidAction, TextEnv
+from turnrl.envs.base import InvalidAction, TextEnv, state_digest
 from turnrl.envs.parsing import InvalidReply, extract_command
 from turnrl.errors import ConfigError
 
 __all__ = ["ALFWorldEnv"]
+
+#: PDDL predicates that only record what the agent has looked at (``look``, ``examine``,
+#: ``open`` set them): no action's precondition, goal or text reads them, so they are left
+#: out of ``info["state_key"]`` -- looking around does not make a new state. So are the
+#: planner's ``not_*`` facts: kept for negative preconditions, they pile up as the agent
+#: moves (every place it has left), where the positive facts already say the state.
+_BOOKKEEPING_PREDICATES = frozenset({"checked", "examined"})
+
+
+def _state_key(facts: Any) -> str:
+    """``info["state_key"]``: a digest of the engine's positive, non-bookkeeping facts."""
+    return state_digest(str(f) for f in facts
+                        if f.name not in _BOOKKEEPING_PREDICATES and not f.name.startswith("not_"))
 
 _INSTRUCTIONS = """\
 You are a household robot in a text world. Each episode puts you in a room full of \
@@ -60,7 +73,9 @@ class ALFWorldEnv(TextEnv):
     real games instead.
 
     Reward 1 when the task is achieved (``terminated``, ``info["won"]``); the turn budget
-    ends the episode with ``truncated``.
+    ends the episode with ``truncated``. ``info["state_key"]`` is a digest of the engine's
+    PDDL state (where the agent is, what it holds, where each object is, what is open,
+    clean, hot, cool, on, sliced, ...), identical exactly when that state is.
 
     Args:
         task_types: ALFWorld task types to play (names or ids 1-6; default all six).
@@ -194,6 +209,7 @@ class ALFWorldEnv(TextEnv):
             "won": won,
             "expert_action": expert_action,
             "task_type": self._record.task_type if self._record is not None else None,
+            "state_key": _state_key(state["_facts"]),
         }
 
     def close(self) -> None:

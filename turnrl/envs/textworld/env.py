@@ -21,6 +21,11 @@ feedback: they would end, rewind or desynchronise the game, or take several turn
 outside ``info["admissible_actions"]`` is still sent to the game -- its answer ("You
 can't see any such thing.") is the feedback -- and flagged ``info["invalid_action"]``.
 
+``info["state_key"]`` (TextWorld-made games): a digest of the game's state -- TextWorld's
+facts (where the player is, what is where, open, locked, eaten, ...) and the score --
+identical exactly when those are, however the observation that shows it is worded (GiGPO
+groups turns by it). Other z-machine games have none.
+
 Rewards: ``reward="score"`` gives the change of the game's score on each step (the
 intermediate points TextWorld awards for progress towards the goal); ``reward="won"``
 gives 1.0 on the winning step and 0 otherwise; ``reward="progress"`` adds to the score
@@ -43,7 +48,7 @@ from typing import Any
 import jericho
 import textworld
 
-from turnrl.envs.base import InvalidAction, TextEnv
+from turnrl.envs.base import InvalidAction, TextEnv, state_digest
 from turnrl.envs.parsing import InvalidReply, extract_command
 from turnrl.envs.textworld.generation import GameCache, normalize_settings, pregenerate
 from turnrl.errors import ConfigError
@@ -336,6 +341,9 @@ class TextWorldEnv(TextEnv):
             self._admissible = frozenset(admissible)
         policy = state.get("policy_commands") if self.expert else None
         info["expert_action"] = policy[0] if policy and not (won or lost) else None
+        facts = state.get("_facts")  # TextWorld-made games: the world's logical state
+        if facts is not None:
+            info["state_key"] = state_digest([*map(str, facts), f"score={state.get('score') or 0}"])
         return info
 
 
