@@ -18,7 +18,7 @@ from turnrl.agents.baselines import RandomAgent  # noqa: E402
 from turnrl.envs.base import InvalidAction, TextEnv, state_digest  # noqa: E402
 from turnrl.errors import ConfigError  # noqa: E402
 from turnrl.rollout import collect  # noqa: E402
-from turnrl.trainer import algorithms, load_config  # noqa: E402
+from turnrl.trainer import Trainer, algorithms, load_config  # noqa: E402
 from turnrl.trainer import turns as T  # noqa: E402
 from turnrl.trainer.advantages import gigpo_advantages, returns_to_go  # noqa: E402
 from turnrl.trainer.distributed import Distributed  # noqa: E402
@@ -280,6 +280,43 @@ def test_train_help_lists_gigpo():
     out = subprocess.run([sys.executable, "-m", "turnrl.cli", "train", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "gigpo" in out and "anchor states" in out
+
+
+class Chatter(TextEnv):
+    """Reply anything; 0.1 per word. After the opening, every turn sees the same "Again.":
+    one state, whose turns gigpo compares by their returns-to-go."""
+
+    instructions = "Reply with some words."
+
+    def __init__(self, *, max_turns: int = 3, render_mode: str | None = None) -> None:
+        super().__init__(max_turns=max_turns, render_mode=render_mode)
+
+    def _reset_episode(self, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return "Say something.", {"task": "Say something."}
+
+    def parse_action(self, reply: str) -> str:
+        return reply
+
+    def _step_action(self, command: str) -> tuple[str, float, bool, dict[str, Any]]:
+        return "Again.", 0.1 * len(command.split()), False, {}
+
+
+def test_one_gigpo_update_end_to_end_with_an_importance_mask(tmp_path, tiny_guess_model):
+    turnrl.register("turnrl/Chatter-v0", Chatter, override=True)
+    trainer = Trainer(load_config(None, [
+        f"model.name_or_path={tiny_guess_model}", "env.id=turnrl/Chatter-v0",
+        "algorithm.name=gigpo", "algorithm.is_mask=token", "rollout.episodes_per_update=8",
+        "rollout.group_size=4", "rollout.max_new_tokens=6", "rollout.num_envs=8",
+        "total_updates=1", f"run_dir={tmp_path / 'run'}", "eval.episodes=1", "progress=false",
+        "optim.lr=1e-3", "optim.minibatch_size=4", "optim.micro_batch_size=2"]))
+    episodes = trainer.rollout()
+    keys = [turn.state_key for t in episodes for turn in t.turns]
+    assert len(set(keys)) == 2  # "Say something." and "Again."
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    metrics = trainer.rl_update(episodes)
+    assert metrics["is_masked_frac"] == 0.0  # the hf sampler is the trained model
+    assert metrics["adv/abs_mean"] > 0 and metrics["nan_skipped"] == 0.0
+    assert all(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
 
 
 # ---------------------------------------------------------------------- learning
