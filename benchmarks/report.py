@@ -25,9 +25,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS_MD = HERE.parent / "BENCHMARKS.md"
 #: The benchmarks' sections, in page order (module name = results file name): those
-#: ``make bench`` runs, then ``memory`` (run on its own: about 12 minutes on 2 cores).
+#: ``make bench`` runs, then ``memory`` and ``fsdp_memory`` (run on their own: about 12
+#: and 9 minutes on 2 cores).
 SECTIONS = ("env_overhead", "rollout_throughput", "turn_scaling", "trainer_vs_trl",
-            "sandbox_latency", "rollout_backends", "env_pools", "memory")
+            "sandbox_latency", "rollout_backends", "env_pools", "memory", "fsdp_memory")
 
 
 def section(name: str) -> str | None:

@@ -1,9 +1,14 @@
-"""One rank of the multi-process check in ``test_distributed.py`` (started by torchrun).
+"""One rank of the multi-process checks in ``test_distributed.py`` and ``test_fsdp.py``
+(started by torchrun).
 
 For every case directory given: build the Trainer from ``overrides.json``, replace its
 rollout by this rank's block of the fixed episodes in ``episodes.pkl`` (whole groups,
 group indices numbered from 0 as a rank's own rollout numbers them), run one RL update,
-and save the metrics, gradients and parameters to ``rank<N>.pt``.
+and save the metrics, gradients and parameters (whole, also under FSDP) to ``rank<N>.pt``.
+A case directory with ``episodes2.pkl`` also checkpoints that update (``run/``), then
+resumes the one-process run's checkpoint copied to ``resume/`` and saves the parameters
+after an update on those episodes to ``resumed<N>.pt``. A case with ``sft.episodes`` runs
+the SFT warm start instead of the update, then resets the KL reference to its result.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: toy_envs
 from toy_envs import GuessNumber  # noqa: E402
 
 import turnrl  # noqa: E402
+from turnrl.agents.vllm import merged_state_items  # noqa: E402
 from turnrl.trainer import Trainer, load_config  # noqa: E402
 from turnrl.trainer.distributed import shard_range  # noqa: E402
+from turnrl.trainer.fsdp import whole_tensors  # noqa: E402
 
 turnrl.register("turnrl/GuessDist-v0", GuessNumber, override=True, max_turns=3)
 
@@ -36,7 +43,13 @@ def _block(episodes, group_size: int, rank: int, world_size: int):
 
 
 def _grads(module) -> dict[str, torch.Tensor]:
-    return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+    """Gradients by parameter name, gathered whole from FSDP's shards."""
+    return whole_tensors({n: p.grad.detach().clone() for n, p in module.named_parameters()
+                          if p.grad is not None})
+
+
+def _params(module) -> dict[str, torch.Tensor]:
+    return whole_tensors({n: p.detach().clone() for n, p in module.named_parameters()})
 
 
 def run_case(case: Path) -> None:
@@ -45,16 +58,30 @@ def run_case(case: Path) -> None:
     trainer = Trainer(cfg)
     rank, world = trainer.dist.rank, trainer.dist.world_size
     assert world == 2, f"expected 2 processes, got {world}"
-    episodes = pickle.loads((case / "episodes.pkl").read_bytes())
-    mine = _block(episodes, cfg.rollout.group_size, rank, world)
-    metrics = trainer.rl_update(mine)
+    if cfg.sft.episodes:
+        mine, metrics = [], trainer.train_sft()
+        trainer.learner.reset_reference()
+    else:
+        episodes = pickle.loads((case / "episodes.pkl").read_bytes())
+        mine = _block(episodes, cfg.rollout.group_size, rank, world)
+        metrics = trainer.rl_update(mine)
     torch.save({
         "metrics": metrics,
         "episodes": len(mine),
         "grads": _grads(trainer.model),
         "critic_grads": _grads(trainer.critic) if trainer.critic is not None else {},
-        "params": {n: p.detach().clone() for n, p in trainer.model.named_parameters()},
+        "params": _params(trainer.model),
+        "reference": _params(trainer.ref_model) if trainer.ref_model is not None else {},
+        "synced": {n: t.detach().clone() for n, t in merged_state_items(trainer.model)},
     }, case / f"rank{rank}.pt")
+    if (case / "episodes2.pkl").exists():
+        trainer.update = 1
+        trainer.save()
+        trainer.close()
+        resumed = Trainer(dataclasses.replace(cfg, run_dir=str(case / "resume")), resume=True)
+        episodes = pickle.loads((case / "episodes2.pkl").read_bytes())
+        resumed.rl_update(_block(episodes, cfg.rollout.group_size, rank, world))
+        torch.save({"params": _params(resumed.model)}, case / f"resumed{rank}.pt")
 
 
 if __name__ == "__main__":

@@ -37,9 +37,14 @@ __all__ = ["VLLMPolicy", "merged_state_items"]
 
 def merged_state_items(model: Any) -> Iterable[tuple[str, Any]]:
     """``(name, tensor)`` of a Hugging Face model's weights under their checkpoint names;
-    for a peft model, with the LoRA adapters merged in (the model itself is unchanged)."""
+    for a peft model, with the LoRA adapters merged in (the model itself is unchanged).
+    A model sharded with FSDP2 gives each weight whole, gathered from every rank's shard:
+    every rank must sync at once."""
     if not hasattr(model, "merge_adapter"):
-        yield from model.state_dict().items()
+        from torch.distributed.tensor import DTensor  # torch is there: the model is torch's
+
+        for name, tensor in model.state_dict().items():
+            yield name, tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
         return
     model.merge_adapter()
     try:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from turnrl.errors import CheckpointError, ConfigError
+from turnrl.trainer.fsdp import sharded_like
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "load_weights", "rng_state",
            "set_rng_state", "seed_everything", "restore_sampler_rng", "RunLock", "claim_run_dir"]
@@ -66,17 +67,18 @@ def restore_sampler_rng(generator: torch.Generator, state: dict[str, Any], *, ra
 
 def save_checkpoint(
     run_dir: str | Path, step: int, *, model: Any, tokenizer: Any, extra: dict[str, Any],
-    keep: int = 2,
+    keep: int = 2, weights: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``checkpoints/step_NNNNNN/`` (model dir + ``state.pt``), atomically, and keep
-    the newest ``keep`` checkpoints."""
+    the newest ``keep`` checkpoints. ``weights``: the model's whole state dict when the
+    model holds shards (FSDP); None saves the model's own."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp_step_{step:06d}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp / "model")
+    model.save_pretrained(tmp / "model", state_dict=weights)  # None: the model's own
     tokenizer.save_pretrained(tmp / "model")
     torch.save({"step": step, "rng": rng_state(), **extra}, tmp / "state.pt")
     (tmp / "meta.json").write_text(json.dumps({"step": step}))
@@ -127,6 +129,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_weights(model: Any, model_dir: str | Path, *, adapters: bool = False) -> None:
     """Load a saved model directory's weights into ``model`` in place: the whole model, or
     (``adapters``) only the LoRA adapters of a peft model (``adapter_model.safetensors``).
+    A model sharded with FSDP takes its shards of the saved (whole) weights.
 
     Raises:
         CheckpointError: the weights are missing, truncated or do not fit ``model``.
@@ -142,7 +145,7 @@ def load_weights(model: Any, model_dir: str | Path, *, adapters: bool = False) -
         from transformers import AutoModelForCausalLM
 
         loaded = AutoModelForCausalLM.from_pretrained(model_dir, dtype=model.dtype)
-        model.load_state_dict(loaded.state_dict())
+        model.load_state_dict(sharded_like(model, loaded.state_dict()))
     except Exception as exc:  # safetensors, transformers and torch raise many kinds
         raise CheckpointError(f"cannot load the weights in {model_dir}: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc

@@ -39,8 +39,11 @@ from turnrl.trajectory import parse_context
 __all__ = [
     "ModelConfig", "EnvConfig", "RolloutConfig", "AlgorithmConfig", "OptimConfig",
     "SFTConfig", "EvalConfig", "DistributedConfig", "TrainConfig", "load_config", "apply_overrides",
-    "LORA_KEYS",
+    "LORA_KEYS", "DISTRIBUTED_STRATEGIES",
 ]
+
+#: ``distributed.strategy``: whole replicas (DDP) or sharded weights (FSDP2).
+DISTRIBUTED_STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -290,11 +293,19 @@ class RayConfig:
 @dataclass
 class DistributedConfig:
     """Several training processes, started by ``accelerate launch`` or ``torchrun``
-    (data parallel, DDP; see :mod:`turnrl.trainer.distributed`). A run started as one
-    process ignores this section. Batch sizes stay global: ``episodes_per_update`` and
+    (data parallel, DDP or FSDP2; see :mod:`turnrl.trainer.distributed`). A run started as
+    one process ignores this section. Batch sizes stay global: ``episodes_per_update`` and
     ``minibatch_size`` count over all processes, so a config gives the same updates on any
     number of them; ``micro_batch_size`` is per process and forward pass."""
 
+    #: "ddp": every process holds the whole model, its gradients and optimizer state.
+    #: "fsdp": each holds 1/N of them (FSDP2, per transformer layer; policy, separate
+    #: critic and KL reference), for full fine-tuning whose weights + gradients + AdamW
+    #: states do not fit one device. Scoring and updates gather a layer at a time;
+    #: rollouts and evaluation with rollout.backend=hf gather the whole policy (its
+    #: weights must fit one device); checkpoints, exports and vLLM syncs gather one tensor
+    #: at a time. Not with LoRA.
+    strategy: str = "ddp"
     #: DDP's ``find_unused_parameters``: set it for a model with parameters that get no
     #: gradient in a forward (DDP then stops with "Expected to have finished reduction").
     find_unused_parameters: bool = False
@@ -531,6 +542,11 @@ def _check_run(c: TrainConfig) -> list[str]:
         e.append(f"total_updates must be >= 0, got {c.total_updates}")
     if not c.distributed.timeout_s > 0:
         e.append(f"distributed.timeout_s must be > 0, got {c.distributed.timeout_s}")
+    e += _one_of("distributed.strategy", c.distributed.strategy, DISTRIBUTED_STRATEGIES)
+    if c.distributed.strategy == "fsdp" and c.model.lora:
+        e.append("distributed.strategy=fsdp shards full fine-tuning; with model.lora the "
+                 "trainable adapters and their optimizer state are small, so train them with "
+                 "distributed.strategy=ddp (or drop model.lora to shard the whole model)")
     return e
 
 

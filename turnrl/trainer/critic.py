@@ -34,7 +34,9 @@ class ValueHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.detach:
             hidden = hidden.detach()
-        return self.net(hidden.float()).squeeze(-1)
+        # a tensor of its own, not a view of the net's output: FSDP warns about a view as a
+        # sharded module's output (an in-place op on one would skip its backward hook)
+        return self.net(hidden.float()).squeeze(-1).clone()
 
 
 class ValueModel(nn.Module):

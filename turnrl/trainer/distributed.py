@@ -1,4 +1,5 @@
-"""Several training processes: data parallel through ``accelerate`` (DDP).
+"""Several training processes: data parallel (DDP through ``accelerate``), or with the
+model sharded (FSDP2, ``distributed.strategy: fsdp``; :mod:`turnrl.trainer.fsdp`).
 
 One process is the default and needs nothing from here. Started by a multi-process
 launcher (``accelerate launch --multi_gpu``, ``torchrun``), every process (rank) builds
@@ -19,8 +20,13 @@ the same :class:`~turnrl.trainer.Trainer`, and one update runs as follows:
   (``no_sync`` on the other micro-batches); every rank then takes the same optimizer step;
 - **files** (rank 0): metrics, samples, checkpoints, exports, plots.
 
-Only DDP-style data parallelism is supported: each rank samples its rollouts from the
-whole policy, which a sharded model (FSDP, DeepSpeed ZeRO-3) does not hold.
+With FSDP each rank holds a shard of every weight, gradient and optimizer state. Scoring
+and the update gather one layer at a time, every rank running as many passes (dummy ones
+where its share is smaller), and the update reduce-scatters the gradients at every
+micro-batch (so no rank ever holds a whole gradient). Generation (rollouts, evaluation),
+whose forward counts differ between ranks, runs with the policy gathered whole
+(:meth:`Distributed.gathered`); checkpoints, exports and engine syncs gather the weights
+tensor by tensor.
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ from datetime import timedelta
 from typing import Any
 
 import torch
+from torch.distributed.device_mesh import init_device_mesh
 
 from turnrl.errors import ConfigError
+from turnrl.trainer import fsdp
 
 __all__ = ["Distributed", "shard_range", "launched_world_size"]
 
@@ -68,17 +76,20 @@ def shard_range(n: int, rank: int, world_size: int) -> range:
 
 class Distributed:
     """The process group a trainer runs in: one process (``accelerator=None``) or
-    several through an ``accelerate.Accelerator``. Every method is a plain local
-    operation in one process, so the training loop has a single code path.
+    several through an ``accelerate.Accelerator``, data parallel (``strategy="ddp"``) or
+    sharded (``"fsdp"``). Every method is a plain local operation in one process, so the
+    training loop has a single code path.
 
     Build it with :meth:`from_config`.
     """
 
-    def __init__(self, accelerator: Any | None = None) -> None:
+    def __init__(self, accelerator: Any | None = None, strategy: str = "ddp") -> None:
         self.accelerator = accelerator
         self.rank = accelerator.process_index if accelerator is not None else 0
         self.world_size = accelerator.num_processes if accelerator is not None else 1
         self.is_main = self.rank == 0
+        #: The model is sharded (FSDP2): several processes and ``strategy="fsdp"``.
+        self.sharded = accelerator is not None and strategy == "fsdp"
 
     @classmethod
     def from_config(cls, cfg: Any, *, device: str | None = None) -> Distributed:
@@ -91,7 +102,8 @@ class Distributed:
 
         Raises:
             ConfigError: a device pinned to one GPU (``cuda:N``) with several processes,
-                or accelerate set up for sharded training (FSDP, DeepSpeed, Megatron).
+                or accelerate set up for its own sharding (FSDP, DeepSpeed, Megatron: turnrl
+                shards itself, with ``distributed.strategy=fsdp``).
         """
         world_size = launched_world_size()
         if world_size <= 1:
@@ -115,10 +127,11 @@ class Distributed:
         if kind != "NO" and not kind.startswith("MULTI_"):
             raise ConfigError(
                 f"accelerate is set up for {kind} (from `accelerate config` or the launch "
-                "flags), but turnrl trains data parallel only (DDP): every rank samples its "
-                "rollouts from the whole policy, which a sharded model does not hold. Run "
-                "`accelerate config` and pick multi-GPU, or launch with `accelerate launch "
-                "--multi_gpu` / `torchrun`")
+                "flags), but turnrl shards the model itself: it needs the whole policy for "
+                "rollouts and gathers it around them. Run `accelerate config` and pick "
+                "multi-GPU without FSDP/DeepSpeed (or launch with `accelerate launch "
+                "--multi_gpu` / `torchrun`), and set distributed.strategy=fsdp to shard the "
+                "model (FSDP2), or ddp (the default) for whole replicas")
         if accelerator.mixed_precision == "fp16":
             raise ConfigError(
                 "accelerate is set up for fp16 mixed precision, whose loss scaling turnrl does "
@@ -129,7 +142,7 @@ class Distributed:
                 f"the launcher started {world_size} processes but accelerate set up "
                 f"{accelerator.num_processes} ({kind}); on a machine without GPUs set "
                 "model.device=cpu or launch with ACCELERATE_USE_CPU=true")
-        return cls(accelerator)
+        return cls(accelerator, cfg.strategy)
 
     # ------------------------------------------------------------------ placement
     @property
@@ -171,25 +184,41 @@ class Distributed:
             yield
 
     # ------------------------------------------------------------------ training
+    def shard_modules(self, modules: Sequence[torch.nn.Module | None]) -> None:
+        """FSDP: shard each module in place (before its optimizer is built: the optimizer
+        must hold the shards). Otherwise nothing: DDP wraps in :meth:`prepare`."""
+        if not self.sharded:
+            return
+        mesh = init_device_mesh(self.accelerator.device.type, (self.world_size,))
+        for module in modules:
+            if module is not None:
+                fsdp.shard_module(module, mesh)
+
     def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer
                 ) -> tuple[torch.nn.Module, Any]:
-        """Wrap a module and its optimizer for training (DDP); as given in one process.
-        The module keeps its parameters: the wrapper is only for the training forward."""
+        """Wrap a module and its optimizer for training (DDP); as given in one process and
+        with FSDP (sharded by :meth:`shard_modules`). The module keeps its parameters: the
+        wrapper is only for the training forward."""
         if self.accelerator is None:
+            return model, optimizer
+        if self.sharded:
+            fsdp.check_optimizer(optimizer, model)
             return model, optimizer
         wrapped, optimizer = self.accelerator.prepare(model, optimizer)
         return wrapped, optimizer
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> Any:
         """Prepare an optimizer over parameters of an already prepared module."""
-        if self.accelerator is None:
+        if self.accelerator is None or self.sharded:
             return optimizer
         return self.accelerator.prepare_optimizer(optimizer)
 
     def sync(self, modules: Sequence[torch.nn.Module], enabled: bool) -> contextlib.AbstractContextManager:
         """Around a micro-batch's forward and backward: all-reduce gradients at its
-        backward only when ``enabled`` (the minibatch's last micro-batch)."""
-        if self.accelerator is None or enabled:
+        backward only when ``enabled`` (the minibatch's last micro-batch). FSDP
+        reduce-scatters at every micro-batch instead: accumulating whole gradients over
+        micro-batches would hold the whole model's gradient on every rank."""
+        if self.accelerator is None or enabled or self.sharded:
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
         for module in modules:
@@ -197,8 +226,9 @@ class Distributed:
         return stack
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Backpropagate a rank's part of a loss that sums over ranks: DDP averages the
-        ranks' gradients, so the part is scaled by the number of ranks first."""
+        """Backpropagate a rank's part of a loss that sums over ranks: DDP (and FSDP's
+        reduce-scatter) average the ranks' gradients, so the part is scaled by the number
+        of ranks first."""
         if self.accelerator is None:
             loss.backward()
         else:
@@ -209,7 +239,42 @@ class Distributed:
         params = [p for p in module.parameters() if p.requires_grad]
         if self.accelerator is None:
             return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if self.sharded:  # the norm over all ranks' shards
+            return fsdp.clip_grad_norm(params, max_norm)
         return float(self.accelerator.clip_grad_norm_(params, max_norm))
+
+    # ------------------------------------------------------------------ whole weights
+    def gathered(self, modules: Sequence[torch.nn.Module | None], enabled: bool = True
+                 ) -> contextlib.AbstractContextManager:
+        """Around generation, where ranks run different numbers of forward passes: FSDP
+        gathers the modules' weights whole for the block (every rank enters it at once);
+        nothing otherwise, or when not ``enabled``."""
+        if not (self.sharded and enabled):
+            return contextlib.nullcontext()
+        return fsdp.gathered(modules)
+
+    def reshard(self, modules: Sequence[torch.nn.Module | None]) -> None:
+        """FSDP: free the whole weights that no-grad forward passes left gathered (a
+        model's root group); nothing otherwise."""
+        if self.sharded:
+            fsdp.reshard(modules)
+
+    def full_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+        """FSDP: ``model``'s weights gathered whole (on CPU, rank 0; every rank must call
+        it); None otherwise (the model's own ``state_dict()`` is whole)."""
+        if not self.sharded:
+            return None
+        return fsdp.whole_tensors(model.state_dict(keep_vars=True), keep=self.is_main)
+
+    def save_pretrained(self, model: Any, path: Any, tokenizer: Any = None) -> None:
+        """Rank 0 saves ``model`` (and ``tokenizer``) as a Hugging Face directory; with
+        FSDP its weights are gathered first, so every rank must call it."""
+        state = self.full_state_dict(model)
+        if not self.is_main:
+            return
+        model.save_pretrained(path, state_dict=state)  # None: the model's own
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)
 
     # ------------------------------------------------------------------ communication
     def gather(self, obj: Any) -> list[Any]:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from turnrl.trainer import fsdp
 from turnrl.trainer import turns as T
 from turnrl.trainer.batching import Batch, collate, pack_by_tokens, token_logprobs
 from turnrl.trainer.critic import ValueHead, gather_values
@@ -196,12 +197,22 @@ class Learner:
     def has_reference(self) -> bool:
         return self.reference is not None or self.reference_is_base
 
+    @torch.no_grad()
+    def reset_reference(self) -> None:
+        """Make the frozen KL reference the current policy (e.g. after SFT), copying the
+        weights in place (shard by shard under FSDP, where both are sharded alike)."""
+        own = self.reference.state_dict(keep_vars=True)
+        for name, tensor in self.model.state_dict(keep_vars=True).items():
+            own[name].copy_(tensor)
+
     # ================================================================ scoring
     def score(self, samples: Sequence[Sample]) -> Scored:
         """Logprobs of the current (old) policy, critic values and reference logprobs of
         every sample; each rank scores a contiguous block, every rank gets all blocks."""
         block = self.dist.shard(len(samples))
-        parts = self.dist.gather(self._score_block(samples[block.start:block.stop]))
+        parts = self.dist.gather(self._score_block(samples[block.start:block.stop],
+                                                   passes=self._score_passes(samples),
+                                                   filler=samples[0]))
         count = sum(p["mismatch_count"] for p in parts)
         return Scored(
             old_logp=[x for p in parts for x in p["old_logp"]],
@@ -212,37 +223,58 @@ class Learner:
         )
 
     @torch.no_grad()
-    def _score_block(self, samples: Sequence[Sample]) -> dict[str, Any]:
+    def _score_block(self, samples: Sequence[Sample], *, passes: int = 0,
+                     filler: Sample | None = None) -> dict[str, Any]:
+        """Score this rank's ``samples``, then run dummy passes on ``filler`` up to
+        ``passes`` forward passes in all (FSDP: as many as every other rank)."""
         n_samples = len(samples)
         old_logp: list[Any] = [None] * n_samples
         values: list[Any] = [None] * n_samples
         ref_logp: list[Any] = [None] * n_samples if self.has_reference else []
         mismatch = []
         self.model.eval()
-        for group in self._score_groups(samples):
+        groups = self._score_groups(samples)
+        for group in groups:
             chunk = [samples[j] for j in group]
-            batch = collate(chunk, self.pad_id).to(self.device)
-            out = token_logprobs(self.model, batch.input_ids, batch.attention_mask,
-                                 temperature=self.temperature, with_hidden=self.critic_reads_hidden,
-                                 chunk_tokens=self.chunk_tokens)
+            batch, logp, v, ref = self._score_pass(chunk)
             for i, (j, s) in enumerate(zip(group, chunk, strict=True)):
                 n = len(s)
-                old_logp[j] = out["logprobs"][i, :n].cpu()
+                old_logp[j] = logp[i, :n].cpu()
                 mask = batch.loss_mask[i, :n].cpu() > 0
-                diff = (out["logprobs"][i, :n].cpu() - batch.rollout_logprobs[i, :n].cpu()).abs()
+                diff = (logp[i, :n].cpu() - batch.rollout_logprobs[i, :n].cpu()).abs()
                 mismatch.append(diff[mask])
-            v = self.values(batch, out.get("hidden"))
-            for i, (j, s) in enumerate(zip(group, chunk, strict=True)):
                 values[j] = v[i, : len(s.value_positions)].cpu()
-            if self.has_reference:
-                ref = self.reference_logprobs(batch)
-                for i, (j, s) in enumerate(zip(group, chunk, strict=True)):
-                    ref_logp[j] = ref[i, : len(s)].cpu()
+                if ref is not None:
+                    ref_logp[j] = ref[i, :n].cpu()
+        for _ in range(passes - len(groups)):
+            self._score_pass([filler])
+        self.dist.reshard([self.model, self.critic, self.reference])
         self.model.train()
         diffs = torch.cat(mismatch) if mismatch else torch.zeros(0)
         return {"old_logp": old_logp, "ref_logp": ref_logp, "values": values,
                 "mismatch_sum": float(diffs.sum()), "mismatch_count": diffs.numel(),
                 "mismatch_max": float(diffs.max()) if diffs.numel() else 0.0}
+
+    def _score_pass(self, chunk: list[Sample]) -> tuple[Batch, torch.Tensor, torch.Tensor,
+                                                         torch.Tensor | None]:
+        """One scoring forward of the policy, critic and reference on ``chunk``: its batch,
+        ``[B, S]`` logprobs, ``[B, K]`` values and ``[B, S]`` reference logprobs (None
+        without a reference)."""
+        batch = collate(chunk, self.pad_id).to(self.device)
+        out = token_logprobs(self.model, batch.input_ids, batch.attention_mask,
+                             temperature=self.temperature, with_hidden=self.critic_reads_hidden,
+                             chunk_tokens=self.chunk_tokens)
+        values = self.values(batch, out.get("hidden"))
+        ref = self.reference_logprobs(batch) if self.has_reference else None
+        return batch, out["logprobs"], values, ref
+
+    def _score_passes(self, samples: Sequence[Sample]) -> int:
+        """FSDP: the most scoring passes any rank runs on its block of ``samples`` (a
+        sharded forward is a collective, so every rank runs that many); 0 otherwise."""
+        if not self.dist.sharded:
+            return 0
+        blocks = [shard_range(len(samples), r, self.dist.world_size) for r in range(self.dist.world_size)]
+        return max(len(self._score_groups(samples[b.start:b.stop])) for b in blocks)
 
     def _score_groups(self, samples: Sequence[Sample]) -> list[list[int]]:
         """Positions of ``samples`` per scoring pass: consecutive runs of
@@ -539,16 +571,21 @@ class Learner:
 
     # ================================================================ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Optimizer and critic state (the policy's weights are saved as a model dir)."""
-        return {
+        """Optimizer and critic state (the policy's weights are saved as a model dir), in
+        the one-process layout: FSDP shards are gathered whole (every rank must call it;
+        rank 0 keeps them)."""
+        state = {
             "optimizer": self.optimizer.state_dict(),
             "critic": self.critic.state_dict() if self.critic is not None else None,
             "critic_optimizer": (self.critic_optimizer.state_dict()
                                  if self.critic_optimizer is not None else None),
         }
+        return fsdp.whole_tensors(state, keep=self.dist.is_main)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Load :meth:`state_dict` (written by any number of processes, sharded or not)."""
+        self.optimizer.load_state_dict(fsdp.sharded_optimizer_state(self.optimizer, state["optimizer"]))
         if self.critic is not None and state.get("critic") is not None:
-            self.critic.load_state_dict(state["critic"])
-            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+            self.critic.load_state_dict(fsdp.sharded_like(self.critic, state["critic"]))
+            self.critic_optimizer.load_state_dict(
+                fsdp.sharded_optimizer_state(self.critic_optimizer, state["critic_optimizer"]))

@@ -130,8 +130,9 @@ class Trainer:
             m.critic if self.algorithm.needs_critic else "none", model_path, model.config.hidden_size,
             self.policy.device, dtype=model.dtype, compute_dtype=m.compute_dtype,
             gradient_checkpointing=m.gradient_checkpointing)
-        # The KL reference: the policy as RL starts (rebuilt after an SFT warm start).
+        # The KL reference: the policy as RL starts (reset after an SFT warm start).
         reference = builders.frozen_copy(model) if a.kl_coef > 0 and not self.lora else None
+        self.dist.shard_modules([model, critic, reference])  # FSDP, before the optimizers
         return Learner(
             model, self._policy_optimizer(model), critic=critic,
             critic_optimizer=(torch.optim.AdamW(critic.parameters(), lr=o.critic_lr)
@@ -203,9 +204,8 @@ class Trainer:
         """RL updates until ``total_updates``, evaluating and checkpointing as configured."""
         if self.cfg.algorithm.kl_coef > 0 and self.update == 0 and not self.lora:
             # The policy RL starts from (after SFT), kept on disk for a resumed run.
-            self.learner.reference = builders.frozen_copy(self.model)
-            if self.dist.is_main:
-                self.learner.reference.save_pretrained(self.run_dir / "reference")
+            self.learner.reset_reference()
+            self.dist.save_pretrained(self.learner.reference, self.run_dir / "reference")
         total = self.cfg.total_updates
         bar = tqdm(total=total, initial=self.update, desc="rl", unit="update", disable=not self._progress)
         while self.update < total:
@@ -273,11 +273,12 @@ class Trainer:
     def rollout(self) -> list[Trajectory]:
         """This process's share of one update's training episodes (sampled replies)."""
         r = self.cfg.rollout
-        return self.envs.collect_train(
-            self.sampler, episodes=r.episodes_per_update, group_size=r.group_size,
-            num_envs=r.num_envs, context=r.context, max_context_tokens=r.max_context_tokens,
-            step_workers=r.step_workers, mode=r.mode, greedy=False,
-            reasoning_history=r.reasoning_history)
+        with self.dist.gathered([self.model], enabled=self.engine is None):  # FSDP: whole
+            return self.envs.collect_train(
+                self.sampler, episodes=r.episodes_per_update, group_size=r.group_size,
+                num_envs=r.num_envs, context=r.context, max_context_tokens=r.max_context_tokens,
+                step_workers=r.step_workers, mode=r.mode, greedy=False,
+                reasoning_history=r.reasoning_history)
 
     def advantages(self, trajectories: list[Trajectory], samples: list[Sample],
                    scored: Scored) -> TurnAdvantages:
@@ -352,7 +353,8 @@ class Trainer:
         ``eval/...`` metrics."""
         e, r = self.cfg.eval, self.cfg.rollout
         total = sum(len(x.eval_seeds[: e.episodes]) for x in self.envs.entries)
-        with episode_bar(total, f"eval {label}", enabled=self._progress) as bar:
+        with (episode_bar(total, f"eval {label}", enabled=self._progress) as bar,
+              self.dist.gathered([self.model], enabled=self.engine is None)):
             trajs = self._gather(self.envs.collect_eval(
                 self.sampler, episodes=e.episodes, num_envs=r.num_envs, context=r.context,
                 max_context_tokens=r.max_context_tokens, step_workers=r.step_workers,
@@ -371,7 +373,8 @@ class Trainer:
         extra = {"update": self.update, **self.learner.state_dict(), "env_rng": self.envs.state(),
                  "policy_rng": policy_rngs[0], "policy_rng_ranks": policy_rngs,
                  "phase_done": self.phase_done, "log_offsets": self.logger.offsets()}
-        path = (save_checkpoint(self.run_dir, self.update, model=self.model,
+        weights = self.dist.full_state_dict(self.model)  # FSDP: gathered whole; else None
+        path = (save_checkpoint(self.run_dir, self.update, model=self.model, weights=weights,
                                 tokenizer=self.tokenizer, extra=extra) if self.dist.is_main else None)
         return self.dist.gather(path)[0]  # rank 0's path, once it is written
 
@@ -403,9 +406,7 @@ class Trainer:
             self.policy.model = merged
             self.learner.set_model(merged, None)  # training is over: no optimizer
             self.lora = False
-        if self.dist.is_main:
-            self.model.save_pretrained(path)
-            self.tokenizer.save_pretrained(path)
+        self.dist.save_pretrained(self.model, path, self.tokenizer)
         self.dist.barrier()  # every rank returns once the files are there
         return path
 
