@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from turnrl.errors import ConfigError
+
 __all__ = ["enable_autocast", "compute_dtype_of", "COMPUTE_DTYPES", "WEIGHT_DTYPES"]
 
 #: What ``model.compute_dtype`` can be (float16 would need loss scaling; not supported).
@@ -69,8 +71,6 @@ def enable_autocast(model: Any, compute_dtype: str | None) -> Any:
         ConfigError: an unknown dtype, or weights that are not float32.
     """
     import torch
-
-    from turnrl.errors import ConfigError
 
     if compute_dtype in (None, "float32"):
         return model
