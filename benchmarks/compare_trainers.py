@@ -1,4 +1,4 @@
-"""ppo, vldac, rloo and grpo side by side: same tiny model, same TextWorld family, same
+"""ppo, vldac, rloo, grpo and gigpo side by side: same tiny model, same TextWorld family, same
 episode budget, several seeds each.
 
 Every run starts from the quickstart config (``configs/quickstart.yaml``): one tiny
@@ -7,8 +7,8 @@ model built once and shared by all runs, SFT on 8 expert episodes, then
 sampled replies) measured every ``--eval-every`` updates. Shared knobs (lr, epochs,
 minibatch, gamma, lam, KL coefficient) come from that config; preset-specific ones (clip,
 ratio guard, critic, value warm-up, advantage normalisation) take each preset's
-defaults. rloo and grpo play groups of 4 episodes per game (8 games per update), ppo and
-vldac 32 games per update.
+defaults. rloo, grpo and gigpo play groups of 4 episodes per game (8 games per update),
+ppo and vldac 32 games per update.
 
 Each run is a subprocess, one after another, so time per update is measured under the
 same conditions and peak memory is each run's own. Reported per preset: held-out
@@ -18,7 +18,7 @@ policy, critic and reference), and peak RSS.
 
 Usage::
 
-    python benchmarks/compare_trainers.py [--seeds 0 1 2] [--updates 50] [--algos ppo vldac rloo grpo]
+    python benchmarks/compare_trainers.py [--seeds 0 1 2] [--updates 50] [--algos ppo vldac rloo grpo gigpo]
 
 Writes ``benchmarks/results/compare_trainers.json`` and ``.png`` and prints a Markdown table.
 """
@@ -37,9 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ALGOS = ("ppo", "vldac", "rloo", "grpo")
+ALGOS = ("ppo", "vldac", "rloo", "grpo", "gigpo")
 CONFIG = "configs/quickstart.yaml"
-GROUP = {"ppo": 1, "vldac": 1, "rloo": 4, "grpo": 4}
+GROUP = {"ppo": 1, "vldac": 1, "rloo": 4, "grpo": 4, "gigpo": 4}
 
 
 # ------------------------------------------------------------------------- one run
@@ -184,7 +184,8 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    colours = dict(zip(ALGOS, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=True))
+    colours = dict(zip(ALGOS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"),
+                       strict=True))
     algos = sorted({r["algo"] for r in results}, key=lambda a: ALGOS.index(a) if a in ALGOS else 99)
     for algo in algos:
         runs = [r for r in results if r["algo"] == algo]
@@ -214,6 +215,8 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=50)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--out", default="benchmarks/results/compare_trainers.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other presets' runs already in --out (e.g. to add one preset)")
     parser.add_argument("--child", nargs=4, metavar=("ALGO", "SEED", "MODEL", "OUT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -237,11 +240,15 @@ def main() -> None:
             final = results[-1]["curve"][-1]["success"]
             print(f"{algo:<6} seed {seed}: held-out success {final:.0%} ({time.time() - t0:.0f} s)",
                   flush=True)
+    if args.merge and Path(args.out).exists():
+        kept = [r for r in json.loads(Path(args.out).read_text())["runs"] if r["algo"] not in args.algos]
+        results = sorted(kept + results, key=lambda r: (ALGOS.index(r["algo"]), r["seed"]))
     table = summarise(results)
     episodes = args.updates * 32
     report = {
         "table": table, "runs": results, "updates": args.updates, "episodes": episodes,
         "total_wall_s": time.time() - start,
+        "merged": bool(args.merge),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
     }
