@@ -143,6 +143,22 @@ def _max_diffs(one: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> 
     return abs_diff, rel_diff
 
 
+def assert_rank_matches_one_process(case: str, ref: dict, rank: dict) -> None:
+    """One rank's metrics, gradients (policy, critic) and updated weights equal the
+    one-process update's (also used by test_fsdp.py)."""
+    for key in METRICS:
+        if key in ref["metrics"]:
+            assert rank["metrics"][key] == pytest.approx(ref["metrics"][key], rel=1e-5, abs=1e-6), key
+    assert rank["metrics"]["nan_skipped"] == 0.0
+    for part in ("grads", "critic_grads", "params"):
+        if not ref[part]:  # no critic
+            assert not rank[part]
+            continue
+        abs_diff, rel_diff = _max_diffs(ref[part], rank[part])
+        print(f"{case} {part}: max abs diff {abs_diff:.2e}, max rel diff {rel_diff:.2e}")
+        assert rel_diff < 1e-5, (part, abs_diff, rel_diff)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_processes_give_the_one_process_update(runs, case):
@@ -152,17 +168,7 @@ def test_two_processes_give_the_one_process_update(runs, case):
     assert sum(r["episodes"] for r in ranks[case]) == ref["episodes"]
     assert min(r["episodes"] for r in ranks[case]) < max(r["episodes"] for r in ranks[case])
     for rank in ranks[case]:
-        for key in METRICS:
-            if key in ref["metrics"]:
-                assert rank["metrics"][key] == pytest.approx(ref["metrics"][key], rel=1e-5, abs=1e-6), key
-        assert rank["metrics"]["nan_skipped"] == 0.0
-        for part in ("grads", "critic_grads", "params"):
-            if not ref[part]:  # no critic
-                assert not rank[part]
-                continue
-            abs_diff, rel_diff = _max_diffs(ref[part], rank[part])
-            print(f"{case} {part}: max abs diff {abs_diff:.2e}, max rel diff {rel_diff:.2e}")
-            assert rel_diff < 1e-5, (part, abs_diff, rel_diff)
+        assert_rank_matches_one_process(case, ref, rank)
     # the gradients moved something, and both ranks stepped alike
     assert max(float(g.abs().max()) for g in ref["grads"].values()) > 1e-4
     assert _max_diffs(ranks[case][0]["params"], ranks[case][1]["params"])[0] == 0.0
