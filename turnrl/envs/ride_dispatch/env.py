@@ -239,6 +239,13 @@ class RideDispatchDriverEnv(_DispatchBase):
             :class:`RideDispatchEnv` (the expert follows the policy's round plan for the
             orders still free).
         decisions_per_round: cap on decisions per round (None: every driver in reach).
+        fairness_coef: weight ``beta`` of the income-fairness term (0: off). A driver that
+            takes an order then earns ``r - beta * (I_d - I_mean)`` instead of ``r``, where
+            ``I_d`` is its income so far today and ``I_mean`` the fleet's mean income so far
+            (both before this order): drivers behind the fleet earn a bonus, drivers ahead
+            a penalty, so a shared policy learns to leave orders to those behind. Waiting
+            earns 0 either way. The observation then shows ``I_d`` and ``I_mean``. The
+            metrics (GMV, ``income_sd``, ``income_gini``) count the plain rewards.
     """
 
     instructions = (
@@ -249,10 +256,14 @@ class RideDispatchDriverEnv(_DispatchBase):
         "a cost for the pickup distance; other drivers decide too, so orders go fast."
     )
 
-    def __init__(self, *, decisions_per_round: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, decisions_per_round: int | None = None, fairness_coef: float = 0.0,
+                 **kwargs: Any) -> None:
         if decisions_per_round is not None and decisions_per_round < 1:
             raise ValueError(f"decisions_per_round must be >= 1 or None, got {decisions_per_round}")
+        if not fairness_coef >= 0:
+            raise ValueError(f"fairness_coef must be >= 0 (0: off), got {fairness_coef}")
         self.decisions_per_round = decisions_per_round
+        self.fairness_coef = float(fairness_coef)
         super().__init__(**kwargs)
 
     def _default_turns(self) -> int:
@@ -289,10 +300,11 @@ class RideDispatchDriverEnv(_DispatchBase):
             feedback = command[len(_UNREADABLE):] + f" D{driver} waits."
             info["invalid_action"] = True
         elif command != "wait":
+            ahead = self._income_gap(driver)  # before this order
             result = self.sim.dispatch([(driver, int(command[1:]))])
             if result.accepted:
-                reward = result.reward
-                feedback = f"D{driver} took {command} (+{reward:.2f})."
+                reward = result.reward - self.fairness_coef * ahead
+                feedback = f"D{driver} took {command} ({reward:+.2f})."
             else:
                 feedback = f"Ignored: {result.rejected[0][2]}; D{driver} waits."
                 info["invalid_action"] = True
@@ -317,6 +329,10 @@ class RideDispatchDriverEnv(_DispatchBase):
                     return
             self.sim.advance()
             self._round_open = False
+
+    def _income_gap(self, driver: int) -> float:
+        """The driver's income so far minus the fleet's mean income so far."""
+        return float(self.sim.income[driver] - self.sim.income.mean())
 
     def _invalid_info(self) -> dict[str, Any]:
         # an unreadable reply is still this driver's turn in this round (it is asked again)
@@ -345,8 +361,12 @@ class RideDispatchDriverEnv(_DispatchBase):
     def _view(self) -> str:
         sim = self.sim
         driver = self._queue[0]
-        lines = [f"Round {sim.round + 1}/{self.city.rounds}. You are D{driver} at "
-                 f"({sim.pos[driver, 0]},{sim.pos[driver, 1]}). Orders in reach:"]
+        head = (f"Round {sim.round + 1}/{self.city.rounds}. You are D{driver} at "
+                f"({sim.pos[driver, 0]},{sim.pos[driver, 1]}).")
+        if self.fairness_coef:
+            head += (f" Your income today {sim.income[driver]:.2f}, fleet mean "
+                     f"{sim.income.mean():.2f}.")
+        lines = [head + " Orders in reach:"]
         for c in self._mine():
             o = sim.orders[c.order]
             lines.append(f"O{o.id} pickup {c.pickup_distance} cells, trip {o.trip_distance} "

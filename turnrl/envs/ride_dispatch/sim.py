@@ -26,7 +26,7 @@ import numpy as np
 from turnrl.errors import ConfigError
 
 __all__ = ["Hotspot", "CityConfig", "CONFIGS", "get_config", "Order", "Candidate", "Simulator",
-           "DispatchResult"]
+           "DispatchResult", "gini"]
 
 
 @dataclass(frozen=True)
@@ -198,6 +198,20 @@ class DispatchResult:
     rewards: list[float] = field(default_factory=list)
 
 
+def gini(values: np.ndarray) -> float:
+    """Gini coefficient of non-negative values: the mean absolute difference over all
+    ordered pairs divided by twice the mean (0: all equal; (n - 1) / n: one holds all).
+    0 when the total is 0.
+
+    >>> gini(np.array([0.0, 0.0, 0.0, 4.0]))   # pairs differ by 4 in 6 of 16: 1.5 / (2 * 1)
+    0.75
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0 or x.sum() <= 0:
+        return 0.0
+    return float(np.abs(x[:, None] - x[None, :]).mean() / (2 * x.mean()))
+
+
 def _dist(a: tuple[int, int], b: tuple[int, int]) -> int:
     return abs(a[0] - b[0]) + abs(a[1] - b[1])
 
@@ -223,6 +237,8 @@ class Simulator:
         self.routes: list[list[tuple[str, int]]] = [[] for _ in range(config.drivers)]
         self.dwell = np.zeros(config.drivers, dtype=np.int64)
         self.load = np.zeros(config.drivers, dtype=np.int64)  # orders assigned, not dropped
+        #: Each driver's income so far: the sum of its matches' rewards.
+        self.income = np.zeros(config.drivers, dtype=np.float64)
 
     # ------------------------------------------------------------------ episode
     def reset(self, seed: int) -> None:
@@ -233,6 +249,7 @@ class Simulator:
         self.routes = [[] for _ in range(cfg.drivers)]
         self.dwell = np.zeros(cfg.drivers, dtype=np.int64)
         self.load = np.zeros(cfg.drivers, dtype=np.int64)
+        self.income = np.zeros(cfg.drivers, dtype=np.float64)
         self.orders = self._generate_orders(rng)
         self._by_round: dict[int, list[Order]] = {}
         for order in self.orders:
@@ -329,6 +346,7 @@ class Simulator:
             self.routes[driver] = [("pickup", order_id)] + self.routes[driver] + [("dropoff", order_id)]
             used_drivers.add(driver)
             reward = self.match_reward(order, distance)
+            self.income[driver] += reward
             result.accepted.append((driver, order_id))
             result.rewards.append(reward)
             result.reward += reward
@@ -404,7 +422,9 @@ class Simulator:
     def metrics(self) -> dict[str, float]:
         """GMV (fares served), answer rate (served / arrived), mean pickup distance, mean
         confirmation time (minutes from arrival to assignment), cancellations, deliveries,
-        mean delivery time and, with pooling, mean detour (minutes beyond the direct trip)."""
+        mean delivery time, with pooling, mean detour (minutes beyond the direct trip), and
+        the spread of the drivers' incomes (sums of their matches' rewards): standard
+        deviation over the fleet (``income_sd``) and Gini coefficient (``income_gini``)."""
         cfg = self.cfg
         arrived = [o for o in self.orders if o.arrival <= min(self.round, cfg.rounds - 1)]
         served = [o for o in arrived if o.assigned is not None]
@@ -428,6 +448,8 @@ class Simulator:
             "mean_delivery_min": mean([(o.delivered - o.assigned) * minutes for o in delivered]),
             # a single-seat vehicle drives straight to the drop-off: no detour
             "mean_detour_min": mean([max(x, 0.0) * minutes for x in direct]) if cfg.seats > 1 else 0.0,
+            "income_sd": float(np.std(self.income)),
+            "income_gini": gini(self.income),
         }
 
     def check_invariants(self) -> None:
