@@ -100,3 +100,15 @@ def test_gymnasium_make_runs_our_env():
     env = gym.make("turnrl/GuessNumberGym-v0", high=5)
     obs, info = env.reset(seed=2)
     assert "between 1 and 5" in obs
+
+
+def test_instructions_replace_the_system_prompt_and_are_checked():
+    import turnrl
+
+    default = turnrl.make("turnrl/TextWorld-v0").unwrapped.instructions
+    assert default  # the class's prompt
+    assert turnrl.make("turnrl/TextWorld-v0", instructions="").unwrapped.instructions == ""
+    assert turnrl.make("turnrl/TextWorld-v0", instructions="Be brief.").unwrapped.instructions == "Be brief."
+    assert type(turnrl.make("turnrl/TextWorld-v0").unwrapped).instructions == default  # class untouched
+    with pytest.raises(ValueError, match="instructions must be a string or None, got 3"):
+        turnrl.make("turnrl/TextWorld-v0", instructions=3)

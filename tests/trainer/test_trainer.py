@@ -229,3 +229,12 @@ def test_long_phases_report_progress(tmp_path, tiny_guess_model, capsys):
     err = capsys.readouterr().err
     assert "preparing episodes" in err and "done in" in err
     assert "sft data" in err and "eval check" in err
+
+
+def test_eval_before_false_skips_the_first_evaluation(tmp_path, tiny_guess_model):
+    trainer = Trainer(config(tmp_path, tiny_guess_model, "algorithm.name=grpo",
+                             "rollout.group_size=4", "total_updates=1", "eval.before=false"))
+    results = trainer.fit()
+    assert list(results) == ["after_rl"]
+    phases = [json.loads(x)["phase"] for x in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert "eval:before" not in phases and "eval:after_rl" in phases

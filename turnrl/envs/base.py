@@ -104,6 +104,9 @@ class TextEnv(gym.Env[str, str]):
             accepted by :meth:`step` but answered as invalid.
         render_mode: ``None``, ``"ansi"`` (render returns the last exchange) or
             ``"human"`` (render prints it).
+        instructions: replaces the class's system prompt (:attr:`instructions`); ``""``
+            sends none (e.g. for a small model trained from scratch, to which the prompt
+            is only tokens to read). ``None`` keeps the class's.
 
     Example:
         >>> import turnrl
@@ -125,6 +128,7 @@ class TextEnv(gym.Env[str, str]):
         max_obs_chars: int = 16_384,
         max_action_chars: int = 16_384,
         render_mode: str | None = None,
+        instructions: str | None = None,
     ) -> None:
         if not isinstance(max_turns, int) or isinstance(max_turns, bool) or max_turns < 1:
             raise ValueError(f"max_turns must be an int >= 1, got {max_turns!r}")
@@ -137,6 +141,10 @@ class TextEnv(gym.Env[str, str]):
                 f"render_mode must be None or one of {self.metadata['render_modes']}, "
                 f"got {render_mode!r}"
             )
+        if instructions is not None and not isinstance(instructions, str):
+            raise ValueError(f"instructions must be a string or None, got {instructions!r}")
+        if instructions is not None:
+            self.instructions = instructions
         self.max_turns = max_turns
         self.invalid_penalty = float(invalid_penalty)
         self.max_obs_chars = max_obs_chars

@@ -279,6 +279,9 @@ class EvalConfig:
     episodes: int = 20
     #: Greedy decoding for evaluation (else sampling at the rollout temperature).
     greedy: bool = True
+    #: Evaluate before training too (off: e.g. a run that starts from a checkpoint
+    #: already evaluated).
+    before: bool = True
 
 
 @dataclass

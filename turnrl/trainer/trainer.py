@@ -174,7 +174,7 @@ class Trainer:
         SFT and after RL. Returns those evaluations."""
         results = self.phase_done.setdefault("results", {})
         try:
-            if "before" not in results:
+            if self.cfg.eval.before and "before" not in results:
                 results["before"] = self.evaluate("before")
             if self.cfg.sft.episodes and "after_sft" not in results:
                 self.train_sft()

@@ -98,6 +98,7 @@ class ALFWorldEnv(TextEnv):
         max_turns: turn budget (default 50, as in the literature).
         invalid_penalty: reward added on a turn whose command was not admissible.
         render_mode: ``None``, ``"ansi"`` or ``"human"``.
+        instructions: replaces the system prompt; ``""`` sends none.
 
     Example:
         >>> env = turnrl.make("turnrl/ALFWorld-v0", task_types=["pick_two_obj_and_place"], expert=True)
@@ -122,9 +123,10 @@ class ALFWorldEnv(TextEnv):
         max_turns: int = 50,
         invalid_penalty: float = 0.0,
         render_mode: str | None = None,
+        instructions: str | None = None,
     ) -> None:
         super().__init__(max_turns=max_turns, invalid_penalty=invalid_penalty,
-                         render_mode=render_mode)
+                         render_mode=render_mode, instructions=instructions)
         if source not in ("auto", "generated", "official"):
             raise ConfigError(f"source must be 'auto', 'generated' or 'official', got {source!r}")
         if expert_fallback not in ("planner", "look"):

@@ -134,7 +134,7 @@ class TextWorldEnv(TextEnv):
         progress_coef: weight of the shaping term of ``reward="progress"``.
         expert: compute ``info["expert_action"]`` (TextWorld's winning policy from the
             current state); turning it off saves the planning cost on each step.
-        max_obs_chars, max_action_chars, render_mode: see :class:`~turnrl.envs.base.TextEnv`.
+        max_obs_chars, max_action_chars, render_mode, instructions: see :class:`~turnrl.envs.base.TextEnv`.
 
     Raises:
         ConfigError: a bad keyword value (the message lists what is allowed).
@@ -164,10 +164,11 @@ class TextWorldEnv(TextEnv):
         max_obs_chars: int = 16_384,
         max_action_chars: int = 16_384,
         render_mode: str | None = None,
+        instructions: str | None = None,
     ) -> None:
         super().__init__(
             max_turns=max_turns, invalid_penalty=invalid_penalty, max_obs_chars=max_obs_chars,
-            max_action_chars=max_action_chars, render_mode=render_mode,
+            max_action_chars=max_action_chars, render_mode=render_mode, instructions=instructions,
         )
         if reward not in ("score", "won", "progress"):
             raise ConfigError(f"reward must be 'score', 'won' or 'progress', got {reward!r}")
