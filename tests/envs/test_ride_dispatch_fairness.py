@@ -67,7 +67,7 @@ def test_fairness_term_by_hand():
                             replies=[r for _, r, _, _ in plain])
     income = np.zeros(4)
     gaps = set()
-    for (driver, reply, r_plain, _), (_, _, r_fair, obs) in zip(plain, fair, strict=True):
+    for (driver, reply, r_plain, _), (_, _, r_fair, _obs) in zip(plain, fair, strict=True):
         if reply == "wait":
             assert r_plain == r_fair == 0.0  # waiting earns 0 either way
             continue

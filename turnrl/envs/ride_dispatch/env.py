@@ -81,14 +81,15 @@ class _DispatchBase(TextEnv):
     def __init__(self, *, config: str = "mdpod", settings: dict[str, Any] | None = None,
                  expert: bool = False, expert_policy: str = "matching",
                  target_answer_rate: float = 0.75, max_turns: int | None = None,
-                 invalid_penalty: float = 0.0, render_mode: str | None = None) -> None:
+                 invalid_penalty: float = 0.0, instructions: str | None = None,
+                 render_mode: str | None = None) -> None:
         self.city = get_config(config, **dict(settings or {}))
         if expert_policy not in POLICIES:
             raise ValueError(f"expert_policy must be one of {sorted(POLICIES)}, got {expert_policy!r}")
         if not 0 <= target_answer_rate <= 1:
             raise ValueError(f"target_answer_rate must be in [0, 1], got {target_answer_rate}")
         super().__init__(max_turns=max_turns or self._default_turns(), invalid_penalty=invalid_penalty,
-                         max_obs_chars=32_768, render_mode=render_mode)
+                         max_obs_chars=32_768, instructions=instructions, render_mode=render_mode)
         self.sim = Simulator(self.city)
         self.expert = expert
         self.expert_policy = expert_policy
@@ -123,6 +124,8 @@ class RideDispatchEnv(_DispatchBase):
         target_answer_rate: ``info["won"]`` at the end of the day: answer rate >= this.
         max_turns: turn budget (default: the rounds). An unreadable reply is flagged
             invalid and the round passes with no assignment: the clock does not wait.
+        instructions: replaces the system prompt (``""``: none, e.g. for a model trained
+            from scratch that need not read it every turn).
 
     Reward per round: the fares matched minus the pickup cost of the config.
     """
@@ -235,7 +238,7 @@ class RideDispatchDriverEnv(_DispatchBase):
     ``driver`` and ``round`` describe the decision asked for next.
 
     Args:
-        config, settings, expert, expert_policy, target_answer_rate, max_turns: as for
+        config, settings, expert, expert_policy, target_answer_rate, max_turns, instructions: as for
             :class:`RideDispatchEnv` (the expert follows the policy's round plan for the
             orders still free).
         decisions_per_round: cap on decisions per round (None: every driver in reach).
