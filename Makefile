@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,train,alfworld,code,docker,ride,ray
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps test test-fast test-vllm vllm demo lint bench clean
+.PHONY: help venv system-deps test test-fast test-vllm vllm demo lint bench learn clean
 
 help:
 	@echo "make demo       set up; baselines on the TextWorld suite; train a tiny model (SFT + PPO)"
@@ -20,6 +20,7 @@ help:
 	@echo "make lint       ruff"
 	@echo "make test-vllm  install vLLM (CPU build) into the venv, then run its tests"
 	@echo "make bench      run the benchmarks (about 15 min on 2 cores) and refresh BENCHMARKS.md"
+	@echo "make learn      run every learning benchmark (hours on 2 cores) and refresh BENCHMARKS.md"
 
 # System packages the tests need: bubblewrap (the code sandbox) and chromium (the
 # report viewer's browser test, driven by Playwright through the system browser).
@@ -85,6 +86,19 @@ bench: venv vllm system-deps
 	VLLM_CPU_KVCACHE_SPACE=1 $(PY) benchmarks/rollout_backends.py --episodes 32 --workloads textworld tool-latency
 	$(PY) benchmarks/env_pools.py --episodes 16
 	$(PY) benchmarks/report.py
+
+# Every learning benchmark with its script's default settings: a tiny model trained from
+# scratch on each env, held-out results with CIs (results/NAME.json and .png), then the
+# tables in BENCHMARKS.md. Not part of `make test` (each script's --quick mode is, as a
+# slow test).
+learn: venv system-deps
+	@start=$$(date +%s); set -e; \
+	for script in quickstart learning_alfworld learning_ride_dispatch learning_stock learning_code; do \
+	  echo "== benchmarks/$$script.py"; \
+	  $(PY) benchmarks/$$script.py; \
+	done; \
+	$(PY) benchmarks/report.py; \
+	echo "make learn: every learning benchmark in $$(( ($$(date +%s) - start) / 60 )) min"
 
 lint: venv
 	$(VENV)/bin/ruff check turnrl tests benchmarks
