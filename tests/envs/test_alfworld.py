@@ -134,6 +134,27 @@ def test_win_terminates_with_reward_one():
     assert sum(rewards) == 1.0 and info["expert_action"] is None
 
 
+def test_show_commands_lists_exactly_the_admissible_commands():
+    plain = ALFWorldEnv(expert=True, task_types=["pick_and_place_simple"])
+    listed = ALFWorldEnv(expert=True, task_types=["pick_and_place_simple"], show_commands=True)
+    obs, info = plain.reset(seed=3)
+    obs_l, info_l = listed.reset(seed=3)
+    assert info_l["task"] == info["task"]  # the list is not part of the task
+    while True:
+        head, _, listing = obs_l.rpartition("\nAdmissible commands: ")
+        assert head == obs  # the same text, then the list
+        assert listing.rstrip(".").split(", ") == info_l["admissible_actions"]
+        action = info["expert_action"]
+        obs, reward, terminated, _, info = plain.step(action)
+        obs_l, reward_l, terminated_l, _, info_l = listed.step(action)
+        assert (reward_l, terminated_l) == (reward, terminated)
+        if terminated:
+            break
+    assert obs_l == obs  # a won game lists nothing
+    with pytest.raises(ConfigError, match="show_commands must be True or False, got 'yes'"):
+        ALFWorldEnv(show_commands="yes")
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ConfigError, match="pick_two_obj_and_place"):
         ALFWorldEnv(task_types=["pick_two_objs_and_place"])

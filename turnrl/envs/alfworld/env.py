@@ -97,6 +97,9 @@ class ALFWorldEnv(TextEnv):
             ``$TURNRL_CACHE`` or ``~/.cache/turnrl``).
         max_turns: turn budget (default 50, as in the literature).
         invalid_penalty: reward added on a turn whose command was not admissible.
+        show_commands: end every observation with the admissible commands ("Admissible
+            commands: go to cabinet 1, ..."), as verl-agent's ALFWorld prompt does: the
+            agent chooses among listed commands instead of composing one.
         render_mode: ``None``, ``"ansi"`` or ``"human"``.
         instructions: replaces the system prompt; ``""`` sends none.
 
@@ -122,11 +125,15 @@ class ALFWorldEnv(TextEnv):
         cache_dir: str | os.PathLike[str] | None = None,
         max_turns: int = 50,
         invalid_penalty: float = 0.0,
+        show_commands: bool = False,
         render_mode: str | None = None,
         instructions: str | None = None,
     ) -> None:
         super().__init__(max_turns=max_turns, invalid_penalty=invalid_penalty,
                          render_mode=render_mode, instructions=instructions)
+        if not isinstance(show_commands, bool):
+            raise ConfigError(f"show_commands must be True or False, got {show_commands!r}")
+        self.show_commands = show_commands
         if source not in ("auto", "generated", "official"):
             raise ConfigError(f"source must be 'auto', 'generated' or 'official', got {source!r}")
         if expert_fallback not in ("planner", "look"):
@@ -180,7 +187,7 @@ class ALFWorldEnv(TextEnv):
         task = obs.rpartition("Your task is to: ")[2].strip()
         info = self._info(state)
         info.update(task=task, task_type=record.task_type, game=record.game_id)
-        return obs, info
+        return self._with_commands(obs, state), info
 
     def parse_action(self, reply: str) -> str:
         try:
@@ -198,7 +205,12 @@ class ALFWorldEnv(TextEnv):
         won = bool(state["won"])
         info = self._info(state)
         info["invalid_action"] = invalid
-        return str(state["feedback"]), (1.0 if won else 0.0), won, info
+        return self._with_commands(str(state["feedback"]), state), (1.0 if won else 0.0), won, info
+
+    def _with_commands(self, obs: str, state: Any) -> str:
+        if not self.show_commands or state["won"]:
+            return obs
+        return f"{obs}\nAdmissible commands: {', '.join(state['admissible_commands'])}."
 
     def _info(self, state: Any) -> dict[str, Any]:
         won = bool(state["won"])
