@@ -114,6 +114,23 @@ def test_synthetic_market_is_seeded_and_split_chronologically():
         SyntheticMarket(MarketConfig(misleading_share=2.0))
 
 
+def test_by_seed_split_plays_train_days_below_the_test_seeds_and_test_days_from_them():
+    env = turnrl.make("turnrl/StockExplanation-v0", split="by_seed", test_seed_start=1000)
+    train = turnrl.make("turnrl/StockExplanation-v0", split="train")
+    test = turnrl.make("turnrl/StockExplanation-v0", split="test")
+    assert (env.unwrapped.num_days, env.unwrapped.num_test_days) == (train.unwrapped.num_days,
+                                                                     test.unwrapped.num_days)
+    for seed in (0, 7, 999):  # train seeds: the train split's days, in its order
+        assert env.reset(seed=seed)[0] == train.reset(seed=seed)[0]
+    for k in (0, 5, test.unwrapped.num_days + 3):  # test seeds: seed k of the test split
+        assert env.reset(seed=1000 + k)[0] == test.reset(seed=k)[0]
+    assert turnrl.make("turnrl/StockExplanation-v0", instructions="").unwrapped.instructions == ""
+    with pytest.raises(ValueError, match="split must be one of"):
+        turnrl.make("turnrl/StockExplanation-v0", split="validation")
+    with pytest.raises(ValueError, match="test_seed_start must be >= 1"):
+        turnrl.make("turnrl/StockExplanation-v0", split="by_seed", test_seed_start=0)
+
+
 def test_labels_follow_sep_and_stocknet_thresholds():
     assert label_of(0.0001) == "Positive" and label_of(0.0) == "Negative"
     assert label_of(0.004, stocknet_thresholds=True) is None

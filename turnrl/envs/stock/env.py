@@ -33,7 +33,10 @@ import numpy as np
 from turnrl.envs.base import InvalidAction, TextEnv
 from turnrl.envs.stock.data import MarketConfig, StockDay, StockNetData, SyntheticMarket
 
-__all__ = ["StockExplanationEnv", "parse_prediction", "matthews_corrcoef"]
+__all__ = ["StockExplanationEnv", "parse_prediction", "matthews_corrcoef", "SPLITS"]
+
+#: ``split`` values: a part of every ticker's days, or the part chosen by the reset seed.
+SPLITS = ("train", "test", "all", "by_seed")
 
 _MOVE = re.compile(r"price\s*movement\s*[:\-]\s*\**\s*(positive|negative)\b", re.IGNORECASE)
 _EXPLANATION = re.compile(r"explanation\s*[:\-]\s*(.+)", re.IGNORECASE | re.DOTALL)
@@ -94,7 +97,11 @@ class StockExplanationEnv(TextEnv):
             ``chatter_per_day``, ``event_rate``, ...).
         market_seed: seed of the synthetic market (the seed of ``reset`` picks the day).
         tickers: StockNet tickers to use (default: all).
-        split: ``train`` (each ticker's first 80% of days), ``test`` (the rest) or ``all``.
+        split: ``train`` (each ticker's first 80% of days), ``test`` (the rest), ``all``, or
+            ``by_seed``: reset seeds below ``test_seed_start`` play train days, seeds from it
+            on play test days (``seed - test_seed_start`` indexes them), so one env serves a
+            training run's train seeds and its held-out eval seeds.
+        test_seed_start: the first test seed of ``split="by_seed"``.
         price_days: trading days of prices shown; text_days: calendar days of posts shown
             (SEP: 5).
         stocknet_thresholds: label with StockNet's thresholds and drop the days between.
@@ -106,6 +113,8 @@ class StockExplanationEnv(TextEnv):
         pairs_path: append (wrong, corrected) reply pairs here as JSONL.
         require_explanation: a prediction without ``Explanation:`` is a format error.
         max_posts_per_day: posts shown per day (the rest are counted, not shown).
+        instructions: replaces the system prompt (``""``: none, e.g. for a model trained
+            from scratch on this env alone).
     """
 
     instructions = (
@@ -122,15 +131,19 @@ class StockExplanationEnv(TextEnv):
 
     def __init__(self, *, data: str = "synthetic", market: dict[str, Any] | None = None,
                  market_seed: int = 0, tickers: list[str] | None = None, split: str = "train",
+                 test_seed_start: int = 100_000,
                  price_days: int = 5, text_days: int = 5, stocknet_thresholds: bool = False,
                  max_attempts: int = 3, attempt_discount: float = 0.5, summarize: bool = False,
                  explanation_scorer: ExplanationScorer | str | None = None,
                  explanation_weight: float = 0.0, pairs_path: str | None = None,
                  require_explanation: bool = True, max_posts_per_day: int = 12,
-                 invalid_penalty: float = 0.0, render_mode: str | None = None) -> None:
+                 invalid_penalty: float = 0.0, instructions: str | None = None,
+                 render_mode: str | None = None) -> None:
         errors = []
-        if split not in ("train", "test", "all"):
-            errors.append(f"split must be 'train', 'test' or 'all', got {split!r}")
+        if split not in SPLITS:
+            errors.append(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+        if test_seed_start < 1:
+            errors.append(f"test_seed_start must be >= 1, got {test_seed_start}")
         if max_attempts < 1:
             errors.append(f"max_attempts must be >= 1, got {max_attempts}")
         if not 0 <= attempt_discount <= 1:
@@ -143,7 +156,7 @@ class StockExplanationEnv(TextEnv):
             raise ValueError("; ".join(errors))
         # turns: [summary] + answers, each answer may be preceded by format errors
         super().__init__(max_turns=int(summarize) + 3 * max_attempts, invalid_penalty=invalid_penalty,
-                         render_mode=render_mode)
+                         instructions=instructions, render_mode=render_mode)
         self.split, self.price_days, self.text_days = split, price_days, text_days
         self.max_attempts, self.attempt_discount = max_attempts, float(attempt_discount)
         self.summarize, self.require_explanation = summarize, require_explanation
@@ -166,19 +179,34 @@ class StockExplanationEnv(TextEnv):
                                 text_days, stocknet_thresholds)
             by_ticker = {k: list(v) for k, v in days.items()}
         self.stocknet_thresholds = stocknet_thresholds
-        self._refs = _split(by_ticker, split)
-        if not self._refs:
+        self._refs = _split(by_ticker, "train" if split == "by_seed" else split)
+        self._test_refs = _split(by_ticker, "test") if split == "by_seed" else []
+        self.test_seed_start = int(test_seed_start)
+        if not self._refs or (split == "by_seed" and not self._test_refs):
             raise ValueError(f"no usable days in split {split!r} of {data!r}")
         labels = [self._label(r) for r in _split(by_ticker, "train")] or ["Positive"]
         #: The train split's majority label (the majority baseline answers it).
         self.majority_label = max(("Positive", "Negative"), key=labels.count)
         self._order = np.random.default_rng(int(market_seed)).permutation(len(self._refs))
+        self._test_order = np.random.default_rng(int(market_seed)).permutation(len(self._test_refs))
 
     # ------------------------------------------------------------------ episode
     @property
     def num_days(self) -> int:
-        """Days in the split; reset seeds index them (modulo this number)."""
+        """Days in the split (``by_seed``: the train days); reset seeds index them (modulo
+        this number)."""
         return len(self._refs)
+
+    @property
+    def num_test_days(self) -> int:
+        """``split="by_seed"``: the test days, played by seeds ``test_seed_start + k``."""
+        return len(self._test_refs)
+
+    def _ref_for(self, seed: int) -> Any:
+        if self.split == "by_seed" and seed >= self.test_seed_start:
+            k = (seed - self.test_seed_start) % len(self._test_refs)
+            return self._test_refs[int(self._test_order[k])]
+        return self._refs[int(self._order[seed % len(self._refs)])]
 
     def _label(self, ref: Any) -> str:
         if isinstance(ref, StockDay):
@@ -193,7 +221,7 @@ class StockExplanationEnv(TextEnv):
                                   stocknet_thresholds=self.stocknet_thresholds)
 
     def _reset_episode(self, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        self.day = self._day(self._refs[int(self._order[self.episode_seed % len(self._refs)])])
+        self.day = self._day(self._ref_for(self.episode_seed))
         self.attempt = 0
         self.history: list[tuple[str, str]] = []  # (movement, reply) of each answer
         self.summarized = not self.summarize
