@@ -17,6 +17,15 @@ R1-Code-Interpreter:
 A reply with neither a code block nor an answer is a format error: feedback observation,
 ``info["invalid_action"] = True``, reward ``invalid_penalty``.
 
+``max_code_calls=0`` takes the tool away: the instructions then ask for the answer alone,
+and a code block is a format error. The final step's ``info["metrics"]`` has
+``code_calls`` and ``answer_from_tool`` (1 when the answer is a line a code call printed).
+
+The oracle (``info["expert_action"]``) gives the answer directly; with
+``expert_code=True`` it demonstrates the tool instead, on tasks whose items carry a Python
+expression (:data:`EXPRESSION_TASKS`): first a code call printing that expression, then
+the printed result as the answer. That is the SFT warm start for learning to use the tool.
+
 With ``tool_format="tool_call"`` the code is called as a native tool instead, in the format
 Qwen models (and Hermes-style templates) are trained on::
 
@@ -32,6 +41,7 @@ same in both formats.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -44,7 +54,7 @@ from turnrl.envs.code.parsing import find_answers, find_code_block, find_tool_ca
 from turnrl.errors import ConfigError, did_you_mean
 from turnrl.sandbox import Limits, Sandbox, Session
 
-__all__ = ["CodeInterpreterEnv", "DEFAULT_TASKS", "TOOL_FORMATS", "PYTHON_TOOL"]
+__all__ = ["CodeInterpreterEnv", "DEFAULT_TASKS", "EXPRESSION_TASKS", "TOOL_FORMATS", "PYTHON_TOOL"]
 
 #: How the agent calls the interpreter: fenced ```python blocks, or native tool calls.
 TOOL_FORMATS = ("fenced", "tool_call")
@@ -68,6 +78,9 @@ DEFAULT_TASKS: tuple[str, ...] = (
     "basic_arithmetic", "chain_sum", "gcd", "lcm", "prime_factorization", "number_sorting",
     "puzzle24", "countdown", "game_of_life",
 )
+#: Tasks whose items carry ``metadata["expression"]``, a Python expression worth the answer
+#: (integer arithmetic), which ``expert_code=True`` demonstrates printing.
+EXPRESSION_TASKS: tuple[str, ...] = ("products", "chain_sum")
 #: Items per task dataset; an episode seed picks one of them.
 _DATASET_SIZE = 1_000_000
 _CODE, _ANSWER = "code", "answer"
@@ -88,7 +101,7 @@ class CodeInterpreterEnv(TextEnv):
         task_configs: per-task keyword arguments for ``reasoning_gym.create_dataset``,
             e.g. ``{"countdown": {"min_numbers": 3, "max_numbers": 4}}``.
         dataset_seed: seed of the procedural datasets (items differ per seed).
-        max_code_calls: code executions allowed per episode.
+        max_code_calls: code executions allowed per episode; 0 takes the tool away.
         max_turns: turn budget (code calls + format errors + the answer).
         answer_open, answer_close: the tags around the final answer.
         max_tool_output_chars: longest code output shown to the agent.
@@ -99,6 +112,9 @@ class CodeInterpreterEnv(TextEnv):
         limits: sandbox limits (default: 10 s, 1 GiB, 32 processes).
         tool_format: ``"fenced"`` (a ```python block) or ``"tool_call"`` (a native
             ``<tool_call>`` to the ``python`` tool; see the module docstring).
+        expert_code: the oracle demonstrates the tool (a code call printing the task's
+            expression, then the printed answer) instead of answering directly. Needs
+            ``max_code_calls >= 1`` and tasks among :data:`EXPRESSION_TASKS`.
 
     Raises:
         ConfigError: an unknown task (close matches and the full list are given), a
@@ -122,6 +138,7 @@ class CodeInterpreterEnv(TextEnv):
         sandbox: str | Sandbox = "auto",
         limits: Limits | None = None,
         tool_format: str = "fenced",
+        expert_code: bool = False,
         render_mode: str | None = None,
     ) -> None:
         if tool_format not in TOOL_FORMATS:
@@ -147,6 +164,7 @@ class CodeInterpreterEnv(TextEnv):
         if unknown:
             raise ConfigError(f"task_configs names {unknown}, which are not among tasks "
                               f"{list(self.tasks)}")
+        self.expert_code = self._check_expert_code(expert_code, max_code_calls)
         self.dataset_seed = int(dataset_seed)
         self.max_code_calls = max_code_calls
         self.answer_open, self.answer_close = answer_open, answer_close
@@ -161,6 +179,7 @@ class CodeInterpreterEnv(TextEnv):
         self._entry: dict[str, Any] = {}
         self._task_name = ""
         self._code_calls = 0
+        self._tool_lines: set[str] = set()  # stripped lines the code calls printed
 
     # ------------------------------------------------------------------ set-up
     @staticmethod
@@ -181,6 +200,21 @@ class CodeInterpreterEnv(TextEnv):
                 )
         return tasks
 
+    def _check_expert_code(self, expert_code: bool, max_code_calls: int) -> bool:
+        if not isinstance(expert_code, bool):
+            raise ConfigError(f"expert_code must be true or false, got {expert_code!r}")
+        if not expert_code:
+            return False
+        if max_code_calls < 1:
+            raise ConfigError("expert_code=True demonstrates a code call: it needs "
+                              f"max_code_calls >= 1, got {max_code_calls}")
+        others = [t for t in self.tasks if t not in EXPRESSION_TASKS]
+        if others:
+            raise ConfigError(f"expert_code=True needs tasks whose items carry a Python "
+                              f"expression ({', '.join(EXPRESSION_TASKS)}); {others} do not. "
+                              "Drop those tasks or set expert_code=False.")
+        return True
+
     def _dataset(self, name: str) -> Any:
         if name not in self._datasets:
             import reasoning_gym
@@ -196,6 +230,10 @@ class CodeInterpreterEnv(TextEnv):
 
     def _instructions(self) -> str:
         a, b = self.answer_open, self.answer_close
+        if self.max_code_calls == 0:
+            return ("You solve reasoning tasks. There is no code interpreter: reply with your "
+                    f"final answer wrapped as {a}answer{b}, in the format the task asks for, "
+                    f"e.g. {a}42{b}.")
         if self.tool_format == "tool_call":
             return (
                 "You solve reasoning tasks. You may run Python with the python tool: call it as\n"
@@ -227,15 +265,18 @@ class CodeInterpreterEnv(TextEnv):
         index = int(rng.integers(_DATASET_SIZE))
         self._entry = self._dataset(self._task_name)[index]
         self._code_calls = 0
+        self._tool_lines = set()
         if self._session is not None:
             self._session.reset()  # a new sandbox for the next code call: nothing carries over
         question = str(self._entry["question"])
-        obs = (f"Task: {question}\n\nYou can run Python code (up to {self.max_code_calls} "
-               f"times). Give your final answer as {self.answer_open}answer{self.answer_close}.")
+        tool = (f"You can run Python code (up to {self.max_code_calls} times). "
+                if self.max_code_calls else "")
+        obs = (f"Task: {question}\n\n{tool}Give your final answer as "
+               f"{self.answer_open}answer{self.answer_close}.")
         info = {
             "task": question,
             "task_name": self._task_name,
-            "expert_action": self._expert(),
+            "expert_action": self._expert_call() if self.expert_code else self._expert(),
             "metrics": {"code_calls": 0.0},
         }
         if self.tool_format == "tool_call":
@@ -245,12 +286,24 @@ class CodeInterpreterEnv(TextEnv):
     def _expert(self) -> str:
         return f"{self.answer_open}{self._entry['answer']}{self.answer_close}"
 
+    def _expert_call(self) -> str:
+        """A code call printing the task's expression, in the env's tool format."""
+        code = f"print({self._entry['metadata']['expression']})"
+        if self.tool_format == "tool_call":
+            call = json.dumps({"name": "python", "arguments": {"code": code}})
+            return f"<tool_call>\n{call}\n</tool_call>"
+        return f"```python\n{code}\n```"
+
     def parse_action(self, reply: str) -> str:
         if self.tool_format == "tool_call":
             return self._parse_tool_call(reply)
         block = find_code_block(reply)
         answers = find_answers(reply, self.answer_open, self.answer_close)
         if block is not None and not any(pos < block.start for pos, _ in answers):
+            if self.max_code_calls == 0:
+                raise InvalidAction("There is no code interpreter here; the code was not run. "
+                                    f"Give your final answer as {self.answer_open}answer"
+                                    f"{self.answer_close}.")
             if not block.code.strip():
                 raise InvalidAction("Your ```python block was empty. Put code in it, or give "
                                     f"your final answer as {self.answer_open}answer{self.answer_close}.")
@@ -308,9 +361,11 @@ class CodeInterpreterEnv(TextEnv):
         won = score >= 1.0 - 1e-9
         obs = (f"Final answer received: {payload[:200]!r}. "
                + ("It is correct." if won else f"It scored {score:.2f} of 1."))
+        from_tool = bool(payload.strip()) and payload.strip() in self._tool_lines
         return obs, score, True, {
             "won": won, "expert_action": None,
-            "metrics": {"code_calls": float(self._code_calls), "score": score},
+            "metrics": {"code_calls": float(self._code_calls), "score": score,
+                        "answer_from_tool": float(from_tool)},
         }
 
     def _run_code(self, code: str) -> tuple[str, float, bool, dict[str, Any]]:
@@ -318,6 +373,7 @@ class CodeInterpreterEnv(TextEnv):
         if self._session is None:
             self._session = self.sandbox.session()
         result = self._session.run(code, timeout_s=self.code_timeout_s)
+        self._tool_lines.update(line.strip() for line in result.stdout.splitlines() if line.strip())
         obs = format_execution(result, max_chars=self.max_tool_output_chars,
                                header="Code Execution Results:")
         left = self.max_code_calls - self._code_calls
