@@ -68,8 +68,11 @@ def tool_use(trajectories: list[Any]) -> dict[str, float]:
     code call, episodes ended by an answer (the rest ran out of turns)."""
     n = max(1, len(trajectories))
     finals = [t.turns[-1].info.get("metrics", {}) if t.turns else {} for t in trajectories]
+    # a format-error turn carries no metrics: the count is the most any turn reported
+    calls = [max((turn.info.get("metrics", {}).get("code_calls", 0.0) for turn in t.turns), default=0.0)
+             for t in trajectories]
     return {
-        "code_calls_per_episode": sum(m.get("code_calls", 0.0) for m in finals) / n,
+        "code_calls_per_episode": sum(calls) / n,
         "answer_from_tool": sum(m.get("answer_from_tool", 0.0) for m in finals) / n,
         "answered": sum("score" in m for m in finals) / n,
     }
