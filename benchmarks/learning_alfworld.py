@@ -16,12 +16,14 @@ sampling seed for every method, so two methods' episodes pair up game by game:
   coin is 6 rooms down a chain, 12 turns; a step back the way it came wastes turns the
   agent cannot spare. Held out: the config's eval seeds.
 
-Seed 0 runs every method; the two methods with the best training success (mean rollout
-success over the last third of the updates -- not the held-out score, which is not tuned
-on) and SFT get ``--extra-seeds`` more. Reported: held-out success with Wilson 95% CIs
+Every method runs on ``--seeds`` (default 0); SFT and ``--extra-algos`` get
+``--extra-seeds`` more (default: the two methods with the best training success -- mean
+rollout success over the last third of the updates, not the held-out score, which is not
+tuned on). Reported: held-out success with Wilson 95% CIs
 (per seed, mean over seeds, per ALFWorld task type), episodes used, wall time, training
 curves, and paired comparisons (:mod:`turnrl.compare`: paired bootstrap CI, exact
-McNemar) of the best turn-level method against grpo and rloo on the same games.
+McNemar) of each turn-level method against grpo and rloo, and of each method against
+SFT, on the same games and the seeds both ran.
 
 Each run is a subprocess, one after another. Usage::
 
@@ -166,6 +168,7 @@ def run(script_args: list[str], spec: dict, work: Path) -> dict:
     spec = {**spec, "out": str(out)}
     if out.exists():  # finished before (--work of an interrupted study)
         result = json.loads(out.read_text())
+        result.setdefault("wall_s", result["train_wall_s"] + result["heldout"]["wall_s"])
     else:
         t0 = time.time()
         subprocess.run([sys.executable, __file__, *script_args, "--child", json.dumps(spec)],
@@ -215,7 +218,6 @@ def run_study(name: str, args, script_args: list[str]) -> dict:
         work.mkdir(parents=True, exist_ok=True)
     else:
         work = Path(tempfile.mkdtemp(prefix=f"turnrl-study-{name}-"))
-    start = time.time()
     print(f"== {name}: building the tiny model", flush=True)
     model = build_model(study, work / "model", QUICK["corpus_seeds"] if quick else None,
                         list(study.quick) if quick else [])
@@ -245,32 +247,32 @@ def run_study(name: str, args, script_args: list[str]) -> dict:
         runs.append(run(script_args, {**base, "name": f"{algo}-{seed}", "algo": algo,
                                       "seed": seed, "eval_seed": 0, "overrides": over}, work))
 
-    sft(0)
-    for algo in args.algos:
-        rl(algo, 0)
+    for seed in args.seeds:
+        sft(seed)
+        for algo in args.algos:
+            rl(algo, seed)
     scores = {r["algo"]: train_score(r) for r in runs if r["algo"] != "sft"}
-    best = sorted(scores, key=scores.get, reverse=True)[:2]
+    best = args.extra_algos or sorted(scores, key=scores.get, reverse=True)[:2]
     for seed in args.extra_seeds:
         sft(seed)
         for algo in best:
             rl(algo, seed)
 
     table = summarise(runs)
-    turn = [a for a in TURN_LEVEL if a in table]
-    best_turn = max(turn, key=lambda a: table[a]["success_mean"]) if turn else None
+    # Every turn-level method against every trajectory-level one, and every method against
+    # SFT, on the seeds both ran (no pick of a "best" method on the held-out games).
+    pairs = [(b, a) for a in TRAJECTORY_LEVEL for b in TURN_LEVEL]
+    pairs += [(b, "sft") for b in ALGOS]
     comparisons = {}
-    if best_turn:
-        for other in TRAJECTORY_LEVEL:
-            c = paired(runs, other, best_turn)
-            if c is not None:
-                comparisons[f"{best_turn} vs {other}"] = c
-        c = paired(runs, "sft", best_turn)
+    for b, a in pairs:
+        c = paired(runs, a, b) if a in table and b in table else None
         if c is not None:
-            comparisons[f"{best_turn} vs sft"] = c
+            comparisons[f"{b} vs {a}"] = c
     return {"study": asdict(study), "updates": updates, "episodes_per_update": 16,
-            "train_scores": scores, "extra_seed_algos": best, "best_turn_level": best_turn,
+            "train_scores": scores, "extra_seed_algos": best,
             "table": table, "comparisons": comparisons, "runs": runs,
-            "wall_s": time.time() - start}
+            # the runs' own times, summed (a rerun over --work reuses them)
+            "wall_s": sum(r["wall_s"] for r in runs)}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -334,7 +336,8 @@ def markdown(report: dict) -> str:
                            f"{o['success_b']:.0%} | {o['difference']:+.0%} [{lo:+.0%}, {hi:+.0%}] | "
                            f"{o['mcnemar_p']:.3g} |")
         out.append("")
-    out.append(f"Total wall time {report['total_wall_s'] / 60:.0f} min ({report['machine']}).")
+    out.append(f"Wall time of the runs, summed: {report['total_wall_s'] / 60:.0f} min "
+               f"({report['machine']}).")
     return "\n".join(out).rstrip()
 
 
@@ -375,9 +378,14 @@ def plot(report: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", nargs="+", default=list(STUDIES), choices=list(STUDIES))
-    parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
+    parser.add_argument("--algos", nargs="*", default=list(ALGOS), choices=ALGOS,
+                        help="methods run on every --seeds seed (none: SFT only)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--extra-seeds", nargs="*", type=int, default=[1, 2],
-                        help="more seeds for SFT and the two best methods (by training success)")
+                        help="more seeds for SFT and --extra-algos")
+    parser.add_argument("--extra-algos", nargs="*", choices=ALGOS, default=[],
+                        help="methods run on --extra-seeds (default: the two with the best "
+                        "training success on --seeds)")
     parser.add_argument("--updates", type=int, help="RL updates per run (default: the study's)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the pipeline")
     parser.add_argument("--out", default="benchmarks/results/learning_alfworld.json")
