@@ -73,18 +73,22 @@ def predictions(agent: Any, seeds: list[int], env_kwargs: dict[str, Any], *,
     from turnrl.rollout import collect
 
     kwargs = {**env_kwargs, "max_attempts": 1}  # the first answer is all that is scored
+    env = registry.make(ENV_ID, **kwargs)
+    labels = {}
+    for seed in seeds:  # the day's label, whether or not a reply ever parsed
+        env.reset(seed=seed)
+        labels[seed] = env.unwrapped.day.label
     if token_policy:
         trajs = collect(registry.factory(ENV_ID, **kwargs), agent, seeds, env_id=ENV_ID,
                         num_envs=num_envs, greedy=True, max_context_tokens=max_context_tokens)
-        return [{"seed": t.seed, "prediction": t.turns[-1].info.get("first_prediction"),
-                 "label": t.turns[-1].info.get("label")} for t in trajs]
-    env = registry.make(ENV_ID, **kwargs)
+        return [{"seed": t.seed, "prediction": t.turns[-1].info.get("first_prediction") if t.turns
+                 else None, "label": labels[t.seed]} for t in trajs]
     out = []
     for seed in seeds:
         obs, info = env.reset(seed=seed)
         reply = agent.act([[{"role": "user", "content": obs}]], [info])[0].text
         *_, info = env.step(reply)
-        out.append({"seed": seed, "prediction": info["first_prediction"], "label": info["label"]})
+        out.append({"seed": seed, "prediction": info["first_prediction"], "label": labels[seed]})
     return out
 
 

@@ -31,6 +31,7 @@ def test_quick_mode_writes_results_and_markdown(tmp_path):
     for row in table.values():
         assert row["days"] == days and 0 <= row["accuracy"] <= 1 and -1 <= row["mcc"] <= 1
         assert row["ci95"][0] <= row["accuracy"] <= row["ci95"][1]
+        assert row["accuracy"] <= 1 - row["invalid_rate"] + 1e-9  # an invalid reply is wrong
     assert table["oracle"]["accuracy"] > table["majority"]["accuracy"]
     for kind in bench.RUNS:
         run = report["runs"][kind]
