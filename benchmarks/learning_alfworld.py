@@ -268,7 +268,9 @@ def run_study(name: str, args, script_args: list[str]) -> dict:
         c = paired(runs, a, b) if a in table and b in table else None
         if c is not None:
             comparisons[f"{b} vs {a}"] = c
-    return {"study": asdict(study), "updates": updates, "episodes_per_update": 16,
+    command = " ".join(["python benchmarks/learning_alfworld.py", *sys.argv[1:]])
+    return {"study": asdict(study), "command": command, "updates": updates,
+            "episodes_per_update": 16,
             "train_scores": scores, "extra_seed_algos": best,
             "table": table, "comparisons": comparisons, "runs": runs,
             # the runs' own times, summed (a rerun over --work reuses them)
@@ -309,9 +311,10 @@ def markdown(report: dict) -> str:
         table = s["table"]
         envs = list(next(iter(table.values()))["per_env"])
         per_type = len(envs) > 1
-        out.append(f"**{s['study']['title']}** ({s['updates']} updates x "
-                   f"{s['episodes_per_update']} episodes after SFT on "
-                   f"{table['sft']['sft_episodes']} expert episodes)")
+        budget = (f"{s['updates']} updates x {s['episodes_per_update']} episodes after SFT on "
+                  if len(table) > 1 else "SFT only, on ")
+        out.append(f"**{s['study']['title']}** ({budget}{table['sft']['sft_episodes']} expert "
+                   f"episodes; `{s['command']}`)")
         out.append("")
         head = "| method | held-out success: mean (per seed, 95% CI) | pooled 95% CI | turns | RL episodes | train wall |"
         out += [head, "|---|---|---|---|---|---|"]

@@ -26,9 +26,10 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS_MD = HERE.parent / "BENCHMARKS.md"
 #: The benchmarks' sections, in page order (module name = results file name): those
 #: ``make bench`` runs, then ``memory`` and ``fsdp_memory`` (run on their own: about 12
-#: and 9 minutes on 2 cores).
+#: and 9 minutes on 2 cores), then the learning benchmarks ``make learn`` runs (hours).
 SECTIONS = ("env_overhead", "rollout_throughput", "turn_scaling", "trainer_vs_trl",
-            "sandbox_latency", "rollout_backends", "env_pools", "memory", "fsdp_memory")
+            "sandbox_latency", "rollout_backends", "env_pools", "memory", "fsdp_memory",
+            "learning_alfworld")
 
 
 def section(name: str) -> str | None:
