@@ -124,7 +124,9 @@ def child(name: str, quick: bool, seeds: dict[str, list[int]], out: Path) -> Non
     cfg.env.kwargs = {**cfg.env.kwargs, **env_extra, **(QUICK_ENV if quick else {})}
     kwargs = dict(cfg.env.kwargs)
     r = cfg.rollout
-    decoding = {"greedy": True, "context": r.context, "max_context_tokens": EVAL_CONTEXT_TOKENS}
+    # --quick keeps the config's budget: a smoke run need not read the larger city's rounds
+    decoding = {"greedy": True, "context": r.context,
+                "max_context_tokens": r.max_context_tokens if quick else EVAL_CONTEXT_TOKENS}
     start = time.time()
     trainer = Trainer(cfg)
     sft = trainer.train_sft()
