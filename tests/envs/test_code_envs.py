@@ -12,19 +12,10 @@ from turnrl.agents.scripted_code import ScriptedCodeAgent
 from turnrl.errors import ConfigError
 from turnrl.evaluate import evaluate
 from turnrl.rollout import collect
-from turnrl.sandbox import SandboxUnavailable, make_sandbox
 
 FUZZ = ["", " \t\n ", "x" * 100_000, "日本語で考える 🤖 <<<", "\x00\x01\x1b[31mred\x7f```", "\r\n```\r\n",
         "```python\n\n```", "```python\n" + "\x00" * 10 + "\n```"]
 IDS = ["CodeInterpreter", "CodeRepair"]
-
-
-@pytest.fixture(scope="module")
-def sandbox():
-    try:
-        return make_sandbox("bubblewrap")
-    except SandboxUnavailable as exc:
-        pytest.skip(f"bubblewrap sandbox unavailable: {exc}")
 
 
 def make(env_id: str, sandbox, **kwargs):

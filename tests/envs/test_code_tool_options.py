@@ -12,17 +12,8 @@ import turnrl
 from turnrl.agents import make_agent
 from turnrl.errors import ConfigError
 from turnrl.rollout import collect
-from turnrl.sandbox import SandboxUnavailable, make_sandbox
 
 PRODUCTS = {"tasks": ["products"], "task_configs": {"products": {"min_digits": 4, "max_digits": 4}}}
-
-
-@pytest.fixture(scope="module")
-def sandbox():
-    try:
-        return make_sandbox("bubblewrap")
-    except SandboxUnavailable as exc:
-        pytest.skip(f"bubblewrap sandbox unavailable: {exc}")
 
 
 def make(sandbox, **kwargs):
