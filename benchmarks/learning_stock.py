@@ -146,6 +146,9 @@ def child(kind: str, model: str, settings: dict[str, Any], work: Path) -> None:
                  f"total_updates={settings['updates']}"]
     cfg = load_config(CONFIG, overrides(settings, run_dir, model, extra))
     kwargs = dict(cfg.env.kwargs)
+    from turnrl.envs import registry
+
+    majority = registry.make(ENV_ID, **kwargs).unwrapped.majority_label  # MCC fills invalid
     start = time.time()
     trainer = Trainer(cfg)
 
@@ -176,18 +179,19 @@ def child(kind: str, model: str, settings: dict[str, Any], work: Path) -> None:
         every = settings["eval_every"] or settings["updates"]
         preds, dt = evaluate(curve_seeds)
         eval_s += dt
-        curve.append({"update": 0, **scores(preds, "Positive")})
+        curve.append({"update": 0, **scores(preds, majority)})
         while trainer.update < settings["updates"]:
             trainer.cfg.total_updates = min(settings["updates"], trainer.update + every)
             trainer.train_rl()
             preds, dt = evaluate(curve_seeds)
             eval_s += dt
-            curve.append({"update": trainer.update, **scores(preds, "Positive")})
+            curve.append({"update": trainer.update, **scores(preds, majority)})
         trainer.save()
     train_s = time.time() - start - eval_s
     preds, dt = evaluate(eval_seeds(split, settings["test_days"]))
     trainer.close()
-    rows = read_metrics(run_dir)
+    # --updates 0 leaves an RL run without a metrics file: no rows
+    rows = read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []
     train = [r for r in rows if r["phase"] == "train"]
     result.update({
         "predictions": preds, "curve": curve, "train_s": train_s, "eval_s": eval_s + dt,

@@ -223,3 +223,36 @@ def test_pettingzoo_parallel_api_and_conflicts():
     while env.agents:
         observations, rewards, terms, truncs, infos = env.step({a: "wait" for a in env.agents})
     assert all(terms.values()) and "metrics" in next(iter(infos.values()))
+
+
+def test_driver_view_numbered_orders():
+    """numbered=True lists the orders in reach as 1., 2., ...; a bare number takes that
+    order (exactly as its id would), ids still work, and a number out of range is an
+    invalid turn naming the allowed range. The expert and admissible actions are numbers."""
+    plain = turnrl.make("turnrl/RideDispatchDriver-v0", config="mdpod", expert=True)
+    numbered = turnrl.make("turnrl/RideDispatchDriver-v0", config="mdpod", expert=True, numbered=True)
+    obs_p, info_p = plain.reset(seed=3)
+    obs_n, info_n = numbered.reset(seed=3)
+    ids = info_p["admissible_actions"][1:]
+    assert len(ids) >= 2
+    assert info_n["admissible_actions"] == ["wait"] + [str(k) for k in range(1, len(ids) + 1)]
+    for k, order in enumerate(ids, 1):
+        assert f"\n{k}. {order} pickup" in obs_n
+    # the expert names the same order, by number
+    assert ids[int(info_n["expert_action"]) - 1] == info_p["expert_action"]
+    assert "number of the order" in numbered.unwrapped.instructions
+    # the second listed order, by number and by id: the same step
+    after_n = numbered.step("2")
+    after_p = plain.step(ids[1])
+    assert after_n[0].replace("1. ", "").split("\n")[0] == after_p[0].split("\n")[0]
+    assert after_n[1] == after_p[1] == 1.0
+    assert not after_n[4].get("invalid_action")
+    # an out-of-range number is invalid (the error names the range) and the driver waits
+    numbered.reset(seed=3)
+    obs, reward, _, _, info = numbered.step(f"{len(ids) + 1}")
+    assert info["invalid_action"] and reward == 0.0
+    assert f"from 1 to {len(ids)}" in obs
+    # ids are still accepted
+    numbered.reset(seed=3)
+    obs, reward, _, _, info = numbered.step(ids[0])
+    assert reward == 1.0 and not info.get("invalid_action") and f"took {ids[0]}" in obs

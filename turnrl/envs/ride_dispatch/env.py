@@ -26,6 +26,8 @@ __all__ = ["RideDispatchEnv", "RideDispatchDriverEnv", "parse_assignments"]
 _PAIR = re.compile(r"\bD\s*(\d+)\s*(?:->|=>|→|:|\bto\b|-)\s*O\s*(\d+)\b", re.IGNORECASE)
 _WAIT = re.compile(r"^\W*(wait|none|pass|no assignments?|nothing)\W*$", re.IGNORECASE)
 _ORDER = re.compile(r"\bO\s*(\d+)\b", re.IGNORECASE)
+#: A reply that is only a list number ("2", "#2", "2."): the driver view's ``numbered`` mode.
+_NUMBER = re.compile(r"^\W*#?\s*(\d+)\W*$")
 #: Prefix of the command for an unreadable reply: the env answers it as "wait" (the
 #: clock does not stop for a confused dispatcher) and flags it invalid.
 _UNREADABLE = "\x00unreadable:"
@@ -249,6 +251,11 @@ class RideDispatchDriverEnv(_DispatchBase):
             a penalty, so a shared policy learns to leave orders to those behind. Waiting
             earns 0 either way. The observation then shows ``I_d`` and ``I_mean``. The
             metrics (GMV, ``income_sd``, ``income_gini``) count the plain rewards.
+        numbered: number the orders in reach ("1. O12 pickup ...") and accept the number
+            as the reply ("1"), as well as the id. The expert's action and the admissible
+            actions are then numbers. For small models trained from scratch: choosing a
+            list position is a class, while naming an id means copying its digits from
+            the observation (a tiny model's SFT on ids stayed at the marginal).
     """
 
     instructions = (
@@ -260,13 +267,18 @@ class RideDispatchDriverEnv(_DispatchBase):
     )
 
     def __init__(self, *, decisions_per_round: int | None = None, fairness_coef: float = 0.0,
-                 **kwargs: Any) -> None:
+                 numbered: bool = False, **kwargs: Any) -> None:
         if decisions_per_round is not None and decisions_per_round < 1:
             raise ValueError(f"decisions_per_round must be >= 1 or None, got {decisions_per_round}")
         if not fairness_coef >= 0:
             raise ValueError(f"fairness_coef must be >= 0 (0: off), got {fairness_coef}")
         self.decisions_per_round = decisions_per_round
         self.fairness_coef = float(fairness_coef)
+        self.numbered = bool(numbered)
+        if numbered and kwargs.get("instructions") is None:
+            kwargs["instructions"] = self.instructions.replace(
+                "Reply with the order to take, like: O7",
+                "Reply with the number of the order to take in the list, like: 1")
         super().__init__(**kwargs)
 
     def _default_turns(self) -> int:
@@ -287,6 +299,13 @@ class RideDispatchDriverEnv(_DispatchBase):
         text = reply.strip()
         if _WAIT.match(text):
             return "wait"
+        number = _NUMBER.match(text) if self.numbered else None
+        if number:
+            mine, k = self._mine(), int(number.group(1))
+            if not 1 <= k <= len(mine):
+                return (_UNREADABLE + f"There is no order number {k}: reply with a number from "
+                        f"1 to {len(mine)}, an id like 'O7', or 'wait'.")
+            return f"O{mine[k - 1].order}"
         orders = set(_ORDER.findall(text))
         if len(orders) == 1:
             return f"O{int(orders.pop())}"
@@ -354,11 +373,12 @@ class RideDispatchDriverEnv(_DispatchBase):
         info["driver"] = driver
         info["round"] = self.sim.round  # of the decision asked for now
         info["candidates"] = _candidate_dicts(mine)
-        info["admissible_actions"] = ["wait"] + [f"O{c.order}" for c in mine]
+        names = {c.order: (str(k) if self.numbered else f"O{c.order}") for k, c in enumerate(mine, 1)}
+        info["admissible_actions"] = ["wait", *names.values()]
         if self.expert:
             plan = POLICIES[self.expert_policy](self.sim.candidates(), self.np_random)
             taken = [o for d, o in plan if d == driver]
-            info["expert_action"] = f"O{taken[0]}" if taken else "wait"
+            info["expert_action"] = names[taken[0]] if taken else "wait"
         return self._final_info(info)
 
     def _view(self) -> str:
@@ -370,8 +390,8 @@ class RideDispatchDriverEnv(_DispatchBase):
             head += (f" Your income today {sim.income[driver]:.2f}, fleet mean "
                      f"{sim.income.mean():.2f}.")
         lines = [head + " Orders in reach:"]
-        for c in self._mine():
+        for k, c in enumerate(self._mine(), 1):
             o = sim.orders[c.order]
-            lines.append(f"O{o.id} pickup {c.pickup_distance} cells, trip {o.trip_distance} "
+            lines.append(f"{f'{k}. ' if self.numbered else ''}O{o.id} pickup {c.pickup_distance} cells, trip {o.trip_distance} "
                          f"cells, fare {o.fare:.2f}")
         return "\n".join(lines)
