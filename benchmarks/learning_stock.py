@@ -205,6 +205,19 @@ def child(kind: str, model: str, settings: dict[str, Any], work: Path) -> None:
 
 
 # ------------------------------------------------------------------------- the study
+def _settings_args(argv: list[str]) -> list[str]:
+    """``argv`` without ``--work DIR`` / ``--work=DIR``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--work":
+            skip = True
+        elif not arg.startswith("--work="):
+            out.append(arg)
+    return out
+
+
 def build_model(path: Path, settings: dict[str, Any]) -> str:
     """The config's tiny model, built once from the env's text for every run."""
     from turnrl.agents import tiny
@@ -370,7 +383,8 @@ def main() -> None:
     cfg = load_config(CONFIG)
     report = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": "python benchmarks/learning_stock.py " + " ".join(sys.argv[1:]),
+        # the settings that made the numbers (--work only says where they were kept)
+        "command": " ".join(["python benchmarks/learning_stock.py", *_settings_args(sys.argv[1:])]),
         "python": platform.python_version(), "settings": settings, "config": str(CONFIG.name),
         "episodes_per_update": cfg.rollout.episodes_per_update,
         **summarise(runs, base, settings),
