@@ -29,7 +29,7 @@ BENCHMARKS_MD = HERE.parent / "BENCHMARKS.md"
 #: and 9 minutes on 2 cores), then the learning benchmarks ``make learn`` runs (hours).
 SECTIONS = ("env_overhead", "rollout_throughput", "turn_scaling", "trainer_vs_trl",
             "sandbox_latency", "rollout_backends", "env_pools", "memory", "fsdp_memory",
-            "learning_alfworld", "learning_code", "learning_stock")
+            "learning_alfworld", "learning_code", "learning_stock", "learning_ride_dispatch")
 
 
 def section(name: str) -> str | None:
