@@ -132,6 +132,7 @@ def child(kind: str, model: str, settings: dict[str, Any], work: Path) -> None:
     GRPO from the SFT model, evaluating as it goes."""
     from transformers.utils import logging as hf_logging
 
+    from turnrl.envs import registry
     from turnrl.trainer import Trainer, load_config
     from turnrl.trainer.logging import read_metrics
 
@@ -146,8 +147,6 @@ def child(kind: str, model: str, settings: dict[str, Any], work: Path) -> None:
                  f"total_updates={settings['updates']}"]
     cfg = load_config(CONFIG, overrides(settings, run_dir, model, extra))
     kwargs = dict(cfg.env.kwargs)
-    from turnrl.envs import registry
-
     majority = registry.make(ENV_ID, **kwargs).unwrapped.majority_label  # MCC fills invalid
     start = time.time()
     trainer = Trainer(cfg)

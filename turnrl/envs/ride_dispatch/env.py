@@ -258,13 +258,14 @@ class RideDispatchDriverEnv(_DispatchBase):
             the observation (a tiny model's SFT on ids stayed at the marginal).
     """
 
-    instructions = (
+    _INSTRUCTIONS = (
         "You are a ride-hailing driver on a city grid. Each turn you see your position and "
         "the open orders you can reach, with the pickup distance in cells and the fare. "
-        "Reply with the order to take, like: O7\n"
+        "Reply with {reply}\n"
         'Or reply "wait" to stay idle this round. Each order you take earns its fare, minus '
         "a cost for the pickup distance; other drivers decide too, so orders go fast."
     )
+    instructions = _INSTRUCTIONS.format(reply="the order to take, like: O7")
 
     def __init__(self, *, decisions_per_round: int | None = None, fairness_coef: float = 0.0,
                  numbered: bool = False, **kwargs: Any) -> None:
@@ -276,9 +277,8 @@ class RideDispatchDriverEnv(_DispatchBase):
         self.fairness_coef = float(fairness_coef)
         self.numbered = bool(numbered)
         if numbered and kwargs.get("instructions") is None:
-            kwargs["instructions"] = self.instructions.replace(
-                "Reply with the order to take, like: O7",
-                "Reply with the number of the order to take in the list, like: 1")
+            kwargs["instructions"] = self._INSTRUCTIONS.format(
+                reply="the number of the order to take in the list, like: 1")
         super().__init__(**kwargs)
 
     def _default_turns(self) -> int:
@@ -392,6 +392,7 @@ class RideDispatchDriverEnv(_DispatchBase):
         lines = [head + " Orders in reach:"]
         for k, c in enumerate(self._mine(), 1):
             o = sim.orders[c.order]
-            lines.append(f"{f'{k}. ' if self.numbered else ''}O{o.id} pickup {c.pickup_distance} cells, trip {o.trip_distance} "
+            number = f"{k}. " if self.numbered else ""
+            lines.append(f"{number}O{o.id} pickup {c.pickup_distance} cells, trip {o.trip_distance} "
                          f"cells, fare {o.fare:.2f}")
         return "\n".join(lines)
